@@ -1,0 +1,371 @@
+"""Zero-shot evaluation: AUROC with bootstrap CIs, thresholded MCC/F1/Youden, PadChest summary, ROC plots.
+
+The AUROC part keeps CheXzero's public API and numbers (`evaluate`, `bootstrap`, `compute_cis`,
+`plot_roc`, `choose_operating_point`, `sigmoid`, `compute_mean`): replicate i of the bootstrap draws
+the same indices as `sklearn.utils.resample(arange(N), replace=True, random_state=i)`, so the CIs
+equal the original's to 4 decimals. The bootstrap is vectorised: AUROC of every replicate comes from
+a Mann-Whitney rank sum over per-replicate sample counts instead of 1000 x labels sklearn calls.
+
+Threshold selection (`choose_thresholds`) and the thresholded bootstrap (`binary_metric_bootstrap`)
+implement what the original `metrics.py` intended (thresholds chosen on a validation set, applied
+frozen to the test set), with a seeded, reproducible bootstrap.
+"""
+import logging
+import warnings
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import auc, roc_curve
+
+logger = logging.getLogger(__name__)
+
+# The 5 CheXpert competition labels: the paper's headline "mean" averages only these.
+COMPETITION_LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+THRESHOLD_METRICS = ("mcc", "f1", "youden")
+
+
+# ---------------------------------------------------------------------------------------------
+# Original CheXzero API
+# ---------------------------------------------------------------------------------------------
+
+def compute_mean(stats: Union[pd.DataFrame, Mapping], is_df: bool = True) -> float:
+    """Mean over the 5 competition labels of the first row/element of `stats` (NaN if any is NaN).
+
+    `is_df=True`: `stats` is a DataFrame (e.g. `evaluate()` output or a `compute_cis()` table, whose
+    first row is 'mean'). `is_df=False`: `stats` maps label -> sequence, first element used.
+    Columns may be plain labels or `<label>_auc` (the original KeyError'd on the latter).
+    """
+    values = []
+    for label in COMPETITION_LABELS:
+        key = label if label in stats else f"{label}_auc"
+        column = stats[key]
+        values.append(column.iloc[0] if is_df or isinstance(column, pd.Series) else column[0])
+    return float(np.mean(values))
+
+
+def sigmoid(x):
+    """Logistic function 1 / (1 + exp(-x)), elementwise."""
+    return 1 / (1 + np.exp(-x))
+
+
+def plot_roc(y_pred: np.ndarray, y_true: np.ndarray, roc_name: str,
+             plot: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """ROC curve and trapezoidal AUC (= roc_auc_score; NaN with a single class) of one label.
+
+    With `plot=True` the curve is drawn on a new pyplot figure (shown inline in notebooks).
+    """
+    fpr, tpr, thresholds = roc_curve(y_true, y_pred)
+    roc_auc = auc(fpr, tpr)
+    if plot:
+        import matplotlib.pyplot as plt  # only here: keeps pyplot's global state out of library use
+
+        plt.figure(dpi=100)
+        plt.title(roc_name)
+        plt.plot(fpr, tpr, "b", label=f"AUC = {roc_auc:0.2f}")
+        plt.legend(loc="lower right")
+        plt.plot([0, 1], [0, 1], "r--")
+        plt.xlim([0, 1])
+        plt.ylim([0, 1])
+        plt.ylabel("True Positive Rate")
+        plt.xlabel("False Positive Rate")
+    return fpr, tpr, thresholds, roc_auc
+
+
+def choose_operating_point(fpr: np.ndarray, tpr: np.ndarray,
+                           thresholds: np.ndarray) -> Tuple[float, float]:
+    """(sensitivity, specificity) at the first ROC point with the largest Youden J = tpr - fpr > 0."""
+    sens, spec, best_j = 0, 0, 0
+    for point_fpr, point_tpr in zip(fpr, tpr):
+        if point_tpr - point_fpr > best_j:
+            sens, spec, best_j = point_tpr, 1 - point_fpr, point_tpr - point_fpr
+    return sens, spec
+
+
+def _true_column(y_true: np.ndarray, labels: Sequence[str], i: int,
+                 label_idx_map: Optional[Mapping[str, int]]) -> np.ndarray:
+    """Ground-truth column of prediction column i: i itself, or label_idx_map[labels[i]] (alt labels)."""
+    return y_true[:, i if label_idx_map is None else label_idx_map[labels[i]]]
+
+
+def _check_inputs(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) -> None:
+    """Fail early on shapes or values the original would reject mid-loop (or silently truncate)."""
+    if y_pred.ndim != 2 or y_pred.shape[1] != len(labels):
+        raise ValueError(f"y_pred has shape {y_pred.shape}, expected (N, {len(labels)}) for the labels")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} rows but y_pred has {len(y_pred)}")
+    if not np.isfinite(y_pred).all():
+        raise ValueError("y_pred contains NaN or infinite scores")
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError("y_true must be binary 0/1 (map uncertain/blank labels before evaluating)")
+
+
+def evaluate(y_pred: np.ndarray, y_true: np.ndarray, cxr_labels: Sequence[str],
+             roc_name: str = "Receiver Operating Characteristic", pr_name: str = "Precision-Recall Curve",
+             label_idx_map: Optional[Mapping[str, int]] = None) -> pd.DataFrame:
+    """AUROC per label as a 1-row DataFrame with columns `<label>_auc` (NaN for a single-class label).
+
+    `roc_name`/`pr_name` are kept for the original signature; the original ignored them too. The
+    original's discarded precision-recall curve and operating point are not computed.
+    """
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    _check_inputs(y_pred, y_true, cxr_labels)
+    row = {}
+    for i, label in enumerate(cxr_labels):
+        truth = _true_column(y_true, cxr_labels, i, label_idx_map)
+        if truth.min() == truth.max():
+            logger.warning("%s: only one class in y_true, AUROC is NaN", label)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            row[f"{label}_auc"] = plot_roc(y_pred[:, i], truth, f"{label} ROC Curve")[3]
+    return pd.DataFrame([row])
+
+
+def compute_cis(data: pd.DataFrame, confidence_level: float = 0.05) -> pd.DataFrame:
+    """Per column: bootstrap mean (NaN skipped) and the original's percentile bounds, rounded to 4 dp.
+
+    Values are sorted ascending with NaN last (NaN still counted in n); lower = sorted[int(cl/2*n) - 1],
+    upper = sorted[int((1 - cl/2)*n) - 1], e.g. elements 24 and 974 for n = 1000.
+    Returns a DataFrame with index ['mean', 'lower', 'upper'] and the columns of `data`.
+    """
+    n = len(data)
+    lower_index = int(confidence_level / 2 * n) - 1
+    upper_index = int((1 - confidence_level / 2) * n) - 1
+    if lower_index < 0:
+        # The original would silently wrap to the last (largest or NaN) element here.
+        raise ValueError(f"{n} replicates are too few for confidence_level={confidence_level}")
+    table = np.empty((3, data.shape[1]))
+    for j in range(data.shape[1]):
+        ordered = data.iloc[:, j].sort_values()
+        table[:, j] = [round(ordered.mean(), 4), ordered.iloc[lower_index].round(4),
+                       ordered.iloc[upper_index].round(4)]
+    return pd.DataFrame(table, index=["mean", "lower", "upper"], columns=data.columns)
+
+
+def _resample_counts(n: int, n_samples: int) -> np.ndarray:
+    """(n_samples, n) multiplicity of each item in bootstrap replicate i.
+
+    Replicate i draws RandomState(i).randint(0, n, n), exactly what
+    `sklearn.utils.resample(arange(n), replace=True, random_state=i)` returns (tested); re-seeding one
+    RandomState avoids constructing 1000 generators.
+    """
+    rng = np.random.RandomState(0)
+    indices = np.empty((n_samples, n), dtype=np.int64)
+    for i in range(n_samples):
+        rng.seed(i)
+        indices[i] = rng.randint(0, n, n)
+    offsets = np.arange(n_samples)[:, None] * n
+    return np.bincount((indices + offsets).ravel(), minlength=n_samples * n).reshape(n_samples, n)
+
+
+def _replicate_auroc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUROC of one label in every replicate via the Mann-Whitney U with average ranks for ties.
+
+    Each replicate is given by item multiplicities (`counts`, one row per replicate). Items are
+    grouped by distinct score; a group's average rank is (#items below) + (#items in group + 1) / 2.
+    Ranks are doubled so everything stays integer until one final division.
+    NaN where a replicate holds a single class (roc_auc_score is undefined there).
+    """
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    group_starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    sorted_counts = counts[:, order]
+    in_group = np.add.reduceat(sorted_counts, group_starts, axis=1)
+    pos_in_group = np.add.reduceat(sorted_counts * positive[order], group_starts, axis=1)
+    below_group = np.cumsum(in_group, axis=1) - in_group
+    twice_rank_sum = (pos_in_group * (2 * below_group + in_group + 1)).sum(axis=1)
+    n_pos = pos_in_group.sum(axis=1)
+    n_neg = counts.shape[1] - n_pos
+    twice_u = twice_rank_sum - n_pos * (n_pos + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), twice_u / (2 * n_pos * n_neg), np.nan)
+
+
+def bootstrap(y_pred: np.ndarray, y_true: np.ndarray, cxr_labels: Sequence[str], n_samples: int = 1000,
+              label_idx_map: Optional[Mapping[str, int]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Bootstrap AUROC: (boot_stats, cis) with the original's replicates and CI rule.
+
+    boot_stats has one row per replicate (index 0..n_samples-1; the original's index was all 0s)
+    and columns `<label>_auc`; cis is `compute_cis(boot_stats)`. Replicates with a single class
+    give NaN, sorted last by `compute_cis` as in the original.
+    """
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    _check_inputs(y_pred, y_true, cxr_labels)
+    counts = _resample_counts(len(y_true), n_samples)
+    columns = {}
+    for i, label in enumerate(cxr_labels):
+        positive = (_true_column(y_true, cxr_labels, i, label_idx_map) == 1).astype(np.int64)
+        columns[f"{label}_auc"] = _replicate_auroc(y_pred[:, i], positive, counts)
+        n_nan = int(np.isnan(columns[f"{label}_auc"]).sum())
+        if n_nan:
+            logger.info("%s: %d of %d replicates hold a single class (AUROC NaN)", label, n_nan, n_samples)
+    boot_stats = pd.DataFrame(columns)
+    return boot_stats, compute_cis(boot_stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds chosen on validation, applied frozen to test (what metrics.py intended)
+# ---------------------------------------------------------------------------------------------
+
+def _metric_from_counts(metric: str, tp, fp, tn, fn) -> np.ndarray:
+    """MCC, F1 or Youden J from confusion counts (arrays, any shape), with sklearn's edge cases.
+
+    MCC follows matthews_corrcoef's arithmetic exactly (0.0 when undefined), F1 = 2TP/(2TP+FP+FN)
+    as f1_score (0.0 when undefined); Youden J = TPR - FPR (NaN with a single class).
+    """
+    tp, fp, tn, fn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, tn, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "mcc":
+            n = tp + fp + tn + fn
+            true_neg, true_pos = tn + fp, fn + tp
+            pred_neg, pred_pos = tn + fn, fp + tp
+            cov_ytyp = (tp + tn) * n - (true_neg * pred_neg + true_pos * pred_pos)
+            cov_ypyp = n ** 2 - (pred_neg * pred_neg + pred_pos * pred_pos)
+            cov_ytyt = n ** 2 - (true_neg * true_neg + true_pos * true_pos)
+            denominator = cov_ypyp * cov_ytyt
+            return np.where(denominator == 0, 0.0, cov_ytyp / np.sqrt(denominator))
+        if metric == "f1":
+            denominator = 2 * tp + fp + fn
+            return np.where(denominator == 0, 0.0, 2 * tp / denominator)
+        if metric == "youden":
+            return tp / (tp + fn) - fp / (fp + tn)
+    raise ValueError(f"metric must be one of {THRESHOLD_METRICS}, got {metric!r}")
+
+
+def metric_at_thresholds(y_pred_i: np.ndarray, y_true_i: np.ndarray,
+                         metric: str = "mcc") -> Tuple[np.ndarray, np.ndarray]:
+    """(candidate thresholds ascending, metric of `y_pred_i >= threshold` at each) for one label.
+
+    Candidates are the ROC thresholds without the leading +inf (as metrics.get_best_p_vals); the
+    confusion counts at all of them come from two sorts and binary searches, O(n log n).
+    """
+    y_pred_i, positive = np.asarray(y_pred_i), np.asarray(y_true_i) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        thresholds = np.sort(roc_curve(positive, y_pred_i)[2][1:])
+    pos_scores, neg_scores = np.sort(y_pred_i[positive]), np.sort(y_pred_i[~positive])
+    tp = len(pos_scores) - np.searchsorted(pos_scores, thresholds, side="left")
+    fp = len(neg_scores) - np.searchsorted(neg_scores, thresholds, side="left")
+    tn, fn = len(neg_scores) - fp, len(pos_scores) - tp
+    return thresholds, _metric_from_counts(metric, tp, fp, tn, fn)
+
+
+def choose_thresholds(y_pred_val: np.ndarray, y_true_val: np.ndarray, labels: Sequence[str],
+                      metric: str = "mcc", label_idx_map: Optional[Mapping[str, int]] = None) -> pd.Series:
+    """Per-label threshold maximising `metric` ('mcc', 'f1' or 'youden') on a validation set.
+
+    The smallest candidate threshold reaching the maximum wins (first argmax over ascending
+    thresholds, as the original). A label with a single class in validation gets NaN (logged).
+    """
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"metric must be one of {THRESHOLD_METRICS}, got {metric!r}")
+    y_pred_val, y_true_val = np.asarray(y_pred_val), np.asarray(y_true_val)
+    _check_inputs(y_pred_val, y_true_val, labels)
+    chosen = {}
+    for i, label in enumerate(labels):
+        truth = _true_column(y_true_val, labels, i, label_idx_map)
+        if truth.min() == truth.max():
+            logger.warning("%s: only one class in validation, no threshold chosen", label)
+            chosen[label] = np.nan
+            continue
+        thresholds, values = metric_at_thresholds(y_pred_val[:, i], truth, metric)
+        chosen[label] = thresholds[np.argmax(values)]
+    return pd.Series(chosen, name=f"threshold_{metric}", dtype=np.float64)
+
+
+def binary_metric_bootstrap(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str],
+                            thresholds: Mapping[str, float], metric: str = "mcc", n_samples: int = 1000,
+                            label_idx_map: Optional[Mapping[str, int]] = None
+                            ) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Bootstrap a thresholded metric on test predictions: (boot_stats, cis).
+
+    Predictions are binarised with frozen per-label thresholds (`p >= threshold`); replicate i uses
+    the same seeded draws as `bootstrap`; a NaN threshold (none chosen) gives NaN. Columns `<label>_<metric>`, plus `Mean_<metric>` (mean over
+    the 5 competition labels, NaN-propagating as the original) when all 5 are among `labels`.
+    """
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"metric must be one of {THRESHOLD_METRICS}, got {metric!r}")
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    _check_inputs(y_pred, y_true, labels)
+    counts = _resample_counts(len(y_true), n_samples).astype(np.float64)
+    columns = {}
+    for i, label in enumerate(labels):
+        if np.isnan(thresholds[label]):
+            columns[f"{label}_{metric}"] = np.full(n_samples, np.nan)
+            continue
+        positive = _true_column(y_true, labels, i, label_idx_map) == 1
+        predicted = y_pred[:, i] >= thresholds[label]
+        cells = np.stack([positive & predicted, ~positive & predicted,
+                          ~positive & ~predicted, positive & ~predicted], axis=1)
+        tp, fp, tn, fn = (counts @ cells.astype(np.float64)).T  # exact: integer-valued floats
+        columns[f"{label}_{metric}"] = _metric_from_counts(metric, tp, fp, tn, fn)
+    if all(label in labels for label in COMPETITION_LABELS):
+        columns[f"Mean_{metric}"] = np.mean([columns[f"{label}_{metric}"] for label in COMPETITION_LABELS],
+                                            axis=0)
+    boot_stats = pd.DataFrame(columns)
+    return boot_stats, compute_cis(boot_stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting helpers
+# ---------------------------------------------------------------------------------------------
+
+def _label_name(column: str) -> str:
+    return column[: -len("_auc")] if column.endswith("_auc") else column
+
+
+def summarize_padchest(auroc: Union[pd.DataFrame, pd.Series, Mapping[str, float]],
+                       positives: Mapping[str, int], min_positives: int = 50) -> Dict[str, object]:
+    """The paper's PadChest headline: findings with AUROC > 0.9 and >= 0.7 among well-populated ones.
+
+    `auroc`: a `compute_cis` table (its 'mean' row is used), a 1-row `evaluate` DataFrame, or a
+    label -> AUROC mapping; `<label>_auc` names are matched to `positives` keys by plain label.
+    Only findings with at least `min_positives` positives count.
+    """
+    if isinstance(auroc, pd.DataFrame):
+        auroc = auroc.loc["mean"] if "mean" in auroc.index else auroc.iloc[0]
+    values = pd.Series({_label_name(str(k)): float(v) for k, v in dict(auroc).items()})
+    counts = pd.Series({_label_name(str(k)): int(v) for k, v in dict(positives).items()})
+    missing = values.index.difference(counts.index)
+    if len(missing):
+        raise KeyError(f"no positive count for: {list(missing)}")
+    eligible = values[counts.reindex(values.index) >= min_positives]
+    above_09, at_least_07 = int((eligible > 0.9).sum()), int((eligible >= 0.7).sum())
+    return {
+        "n_findings": len(eligible),
+        "auc_gt_0.9": above_09,
+        "auc_ge_0.7": at_least_07,
+        "headline": (f"AUROC > 0.9 on {above_09} findings and >= 0.7 on {at_least_07} of "
+                     f"{len(eligible)} findings with >= {min_positives} positives"),
+    }
+
+
+def plot_roc_curves(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str], cis: pd.DataFrame,
+                    out_path: Union[str, Path], plot_labels: Optional[Sequence[str]] = None,
+                    label_idx_map: Optional[Mapping[str, int]] = None) -> Path:
+    """Save one PNG with the ROC curves of `plot_labels` (default: all `labels`).
+
+    Legends read "Label AUROC 0.xx [lo, hi]" from `cis` (the bootstrap mean and bounds of
+    `<label>_auc`). Uses the Agg canvas directly, so no display or pyplot state is needed.
+    """
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    figure = Figure(figsize=(6, 6))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for label in plot_labels if plot_labels is not None else labels:
+        i = list(labels).index(label)
+        fpr, tpr, _ = roc_curve(_true_column(y_true, labels, i, label_idx_map), y_pred[:, i])
+        mean, lower, upper = cis[f"{label}_auc"].loc[["mean", "lower", "upper"]]
+        axes.plot(fpr, tpr, label=f"{label} AUROC {mean:.2f} [{lower:.2f}, {upper:.2f}]")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="False Positive Rate", ylabel="True Positive Rate",
+             title="ROC curves")
+    axes.legend(loc="lower right", fontsize="small")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_path, dpi=150, bbox_inches="tight")
+    return out_path
