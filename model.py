@@ -306,6 +306,10 @@ MODEL_CONFIGS: dict[str, dict] = {
     "random-init-320": dict(embed_dim=768, image_resolution=320, vision_layers=12, vision_width=768,
                             vision_patch_size=16, context_length=77, vocab_size=49408,
                             transformer_width=512, transformer_heads=8, transformer_layers=12),
+    # Small enough to train on a laptop CPU in minutes: the demo and the tests use it.
+    "tiny": dict(embed_dim=128, image_resolution=96, vision_layers=4, vision_width=128,
+                 vision_patch_size=16, context_length=77, vocab_size=49408,
+                 transformer_width=128, transformer_heads=2, transformer_layers=4),
 }
 
 
