@@ -4,7 +4,7 @@ The AUROC part keeps CheXzero's public API and numbers (`evaluate`, `bootstrap`,
 `plot_roc`, `choose_operating_point`, `sigmoid`, `compute_mean`): replicate i of the bootstrap draws
 the same indices as `sklearn.utils.resample(arange(N), replace=True, random_state=i)`, so the CIs
 equal the original's to 4 decimals. The bootstrap is vectorised: AUROC of every replicate comes from
-a Mann-Whitney rank sum over per-replicate sample counts instead of 1000 x labels sklearn calls.
+a Mann-Whitney U over per-replicate sample counts instead of 1000 x labels sklearn calls.
 
 Threshold selection (`choose_thresholds`) and the thresholded bootstrap (`binary_metric_bootstrap`)
 implement what the original `metrics.py` intended (thresholds chosen on a validation set, applied
@@ -147,40 +147,41 @@ def compute_cis(data: pd.DataFrame, confidence_level: float = 0.05) -> pd.DataFr
 
 
 def _resample_counts(n: int, n_samples: int) -> np.ndarray:
-    """(n_samples, n) multiplicity of each item in bootstrap replicate i.
+    """(n, n_samples) int32: how often item k is drawn in bootstrap replicate i (column i).
 
     Replicate i draws RandomState(i).randint(0, n, n), exactly what
     `sklearn.utils.resample(arange(n), replace=True, random_state=i)` returns (tested); re-seeding one
-    RandomState avoids constructing 1000 generators.
+    RandomState avoids constructing 1000 generators. Item-major int32 keeps the per-label row
+    gathers and cumulative sums below contiguous and small.
     """
     rng = np.random.RandomState(0)
-    indices = np.empty((n_samples, n), dtype=np.int64)
+    counts = np.empty((n, n_samples), dtype=np.int32)
     for i in range(n_samples):
         rng.seed(i)
-        indices[i] = rng.randint(0, n, n)
-    offsets = np.arange(n_samples)[:, None] * n
-    return np.bincount((indices + offsets).ravel(), minlength=n_samples * n).reshape(n_samples, n)
+        counts[:, i] = np.bincount(rng.randint(0, n, n), minlength=n)
+    return counts
 
 
 def _replicate_auroc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """AUROC of one label in every replicate via the Mann-Whitney U with average ranks for ties.
+    """AUROC of one label in every replicate via the Mann-Whitney U (ties count 1/2, as roc_auc_score).
 
-    Each replicate is given by item multiplicities (`counts`, one row per replicate). Items are
-    grouped by distinct score; a group's average rank is (#items below) + (#items in group + 1) / 2.
-    Ranks are doubled so everything stays integer until one final division.
-    NaN where a replicate holds a single class (roc_auc_score is undefined there).
+    Replicates are given by item multiplicities (`counts`, items x replicates). U sums, over positive
+    items, the replicate's negatives scored below the item plus half those tied with it; both come
+    from a cumulative count over the score-sorted negatives. U is doubled (int64) so everything stays
+    integer until one final division. NaN where a replicate holds a single class.
     """
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    group_starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    sorted_counts = counts[:, order]
-    in_group = np.add.reduceat(sorted_counts, group_starts, axis=1)
-    pos_in_group = np.add.reduceat(sorted_counts * positive[order], group_starts, axis=1)
-    below_group = np.cumsum(in_group, axis=1) - in_group
-    twice_rank_sum = (pos_in_group * (2 * below_group + in_group + 1)).sum(axis=1)
-    n_pos = pos_in_group.sum(axis=1)
-    n_neg = counts.shape[1] - n_pos
-    twice_u = twice_rank_sum - n_pos * (n_pos + 1)
+    neg_items = np.flatnonzero(~positive)
+    neg_items = neg_items[np.argsort(scores[neg_items], kind="stable")]
+    neg_scores = scores[neg_items]
+    neg_cumulative = np.zeros((len(neg_items) + 1, counts.shape[1]), dtype=counts.dtype)
+    np.cumsum(counts[neg_items], axis=0, out=neg_cumulative[1:])
+    pos_items = np.flatnonzero(positive)
+    below = np.searchsorted(neg_scores, scores[pos_items], side="left")
+    not_above = np.searchsorted(neg_scores, scores[pos_items], side="right")
+    pos_counts = counts[pos_items]
+    twice_u = np.multiply(pos_counts, neg_cumulative[below] + neg_cumulative[not_above],
+                          dtype=np.int64).sum(axis=0)
+    n_pos, n_neg = pos_counts.sum(axis=0, dtype=np.int64), neg_cumulative[-1].astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((n_pos > 0) & (n_neg > 0), twice_u / (2 * n_pos * n_neg), np.nan)
 
@@ -198,7 +199,7 @@ def bootstrap(y_pred: np.ndarray, y_true: np.ndarray, cxr_labels: Sequence[str],
     counts = _resample_counts(len(y_true), n_samples)
     columns = {}
     for i, label in enumerate(cxr_labels):
-        positive = (_true_column(y_true, cxr_labels, i, label_idx_map) == 1).astype(np.int64)
+        positive = _true_column(y_true, cxr_labels, i, label_idx_map) == 1
         columns[f"{label}_auc"] = _replicate_auroc(y_pred[:, i], positive, counts)
         n_nan = int(np.isnan(columns[f"{label}_auc"]).sum())
         if n_nan:
@@ -283,15 +284,16 @@ def binary_metric_bootstrap(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequ
                             ) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Bootstrap a thresholded metric on test predictions: (boot_stats, cis).
 
-    Predictions are binarised with frozen per-label thresholds (`p >= threshold`); replicate i uses
-    the same seeded draws as `bootstrap`; a NaN threshold (none chosen) gives NaN. Columns `<label>_<metric>`, plus `Mean_<metric>` (mean over
-    the 5 competition labels, NaN-propagating as the original) when all 5 are among `labels`.
+    Predictions are binarised with frozen per-label thresholds (`p >= threshold`; a NaN threshold,
+    i.e. none chosen, gives NaN); replicate i uses the same seeded draws as `bootstrap`. Columns
+    `<label>_<metric>`, plus `Mean_<metric>` (mean over the 5 competition labels, NaN-propagating as
+    the original) when all 5 are among `labels`.
     """
     if metric not in THRESHOLD_METRICS:
         raise ValueError(f"metric must be one of {THRESHOLD_METRICS}, got {metric!r}")
     y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
     _check_inputs(y_pred, y_true, labels)
-    counts = _resample_counts(len(y_true), n_samples).astype(np.float64)
+    counts = _resample_counts(len(y_true), n_samples).astype(np.float64)  # exact: small integers
     columns = {}
     for i, label in enumerate(labels):
         if np.isnan(thresholds[label]):
@@ -301,7 +303,7 @@ def binary_metric_bootstrap(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequ
         predicted = y_pred[:, i] >= thresholds[label]
         cells = np.stack([positive & predicted, ~positive & predicted,
                           ~positive & ~predicted, positive & ~predicted], axis=1)
-        tp, fp, tn, fn = (counts @ cells.astype(np.float64)).T  # exact: integer-valued floats
+        tp, fp, tn, fn = cells.T.astype(np.float64) @ counts
         columns[f"{label}_{metric}"] = _metric_from_counts(metric, tp, fp, tn, fn)
     if all(label in labels for label in COMPETITION_LABELS):
         columns[f"Mean_{metric}"] = np.mean([columns[f"{label}_{metric}"] for label in COMPETITION_LABELS],

@@ -70,7 +70,7 @@ def test_resample_counts_match_sklearn_resample():
     counts = ev._resample_counts(37, 50)
     for i in range(50):
         expected = np.bincount(resample(np.arange(37), replace=True, random_state=i), minlength=37)
-        np.testing.assert_array_equal(counts[i], expected)
+        np.testing.assert_array_equal(counts[:, i], expected)
 
 
 def test_bootstrap_equals_original_loop_with_rare_and_tied_labels():
@@ -97,7 +97,8 @@ def test_evaluate_equals_roc_auc_score():
     result = ev.evaluate(y_pred, y_true, LABELS)
     assert result.shape == (1, len(LABELS))
     for j, label in enumerate(LABELS):
-        assert result.loc[0, f"{label}_auc"] == pytest.approx(roc_auc_score(y_true[:, j], y_pred[:, j]), abs=1e-15)
+        expected = roc_auc_score(y_true[:, j], y_pred[:, j])
+        assert result.loc[0, f"{label}_auc"] == pytest.approx(expected, abs=1e-15)
 
 
 def test_evaluate_single_class_label_is_nan():
@@ -176,7 +177,7 @@ def test_binary_metric_bootstrap_equals_brute_force_loop(metric):
         no_positive += y_true[sample, 5].sum() == 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            row = {f"{label}_{metric}": score(y_true[sample, j], (y_pred[sample, j] >= thresholds[label]).astype(int))
+            row = {f"{label}_{metric}": score(y_true[sample, j], (y_pred[sample, j] >= thresholds[label]) * 1)
                    for j, label in enumerate(LABELS)}
         row[f"Mean_{metric}"] = np.mean([row[f"{label}_{metric}"] for label in ev.COMPETITION_LABELS])
         rows.append(row)
@@ -205,7 +206,8 @@ def test_label_idx_map_selects_true_columns():
 
     thresholds = ev.choose_thresholds(y_pred, y_true, labels, label_idx_map=label_idx_map)
     pd.testing.assert_series_equal(thresholds, ev.choose_thresholds(y_pred, remapped, labels))
-    mapped = ev.binary_metric_bootstrap(y_pred, y_true, labels, thresholds, n_samples=50, label_idx_map=label_idx_map)
+    mapped = ev.binary_metric_bootstrap(y_pred, y_true, labels, thresholds, n_samples=50,
+                                        label_idx_map=label_idx_map)
     plain = ev.binary_metric_bootstrap(y_pred, remapped, labels, thresholds, n_samples=50)
     pd.testing.assert_frame_equal(mapped[0], plain[0])
 
