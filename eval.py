@@ -48,7 +48,7 @@ def compute_mean(stats: Union[pd.DataFrame, Mapping], is_df: bool = True) -> flo
     return float(np.mean(values))
 
 
-def sigmoid(x):
+def sigmoid(x: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
     """Logistic function 1 / (1 + exp(-x)), elementwise."""
     return 1 / (1 + np.exp(-x))
 
