@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--data_in_memory", action="store_true", help="read the whole h5 into RAM first")
     run.add_argument("--gather_with_grad", action="store_true", help="under torchrun: exact gradient of the global-batch loss")
     run.add_argument("--local_loss", action="store_true", help="under torchrun: score local rows against the global batch")
+    run.add_argument("--accum_freq", type=int, default=1,
+                     help="micro-batches per step with cached features: effective batch = batch_size x accum_freq x GPUs")
 
     ck = p.add_argument_group("checkpoints and validation")
     ck.add_argument("--resume", default=None, help="'latest' or a checkpoint_*.state file")

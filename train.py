@@ -22,6 +22,7 @@ import os
 import random
 import time
 from argparse import Namespace
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -463,7 +464,7 @@ def train(config: Namespace) -> Path:
         model.visual.transformer.grad_checkpointing = True
         model.transformer.grad_checkpointing = True
     optimizer = make_optimizer(config, model, rt.device)
-    steps_per_epoch = math.ceil(math.ceil(n_images / rt.world) / config.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(math.ceil(n_images / rt.world) / config.batch_size) / config.accum_freq)
     total_steps = min(config.max_steps or 10 ** 12, steps_per_epoch * config.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
@@ -527,38 +528,31 @@ def train(config: Namespace) -> Path:
     running, window_start, window_pairs = [], time.perf_counter(), 0
     progress = tqdm(total=total_steps, initial=step, desc="training", disable=not rt.is_main)
     while step < total_steps:
-        batches = epoch_batches(n_images, config.batch_size, epoch, config.seed, rt.rank, rt.world)[batch_in_epoch:]
-        loader = DataLoader(PairBatches(images, tokens, batches), batch_size=None, shuffle=False,
+        batches = epoch_batches(n_images, config.batch_size, epoch, config.seed, rt.rank, rt.world)
+        remaining = len(batches) - batch_in_epoch
+        loader = DataLoader(PairBatches(images, tokens, batches[batch_in_epoch:]), batch_size=None, shuffle=False,
                             num_workers=config.num_workers, pin_memory=rt.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
-        for imgs, txt in loader:
-            imgs = device_transform(imgs.to(rt.device, non_blocking=True), resolution)
-            txt = txt.to(rt.device, non_blocking=True)
-            with rt.autocast():
-                image_features, text_features, logit_scale = net(imgs, txt)
-                loss = clip_loss(image_features, text_features, logit_scale, config.gather_with_grad,
-                                 config.local_loss, rt.rank, rt.world)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, (imgs, txt) in enumerate(loader):
+            pending.append((device_transform(imgs.to(rt.device, non_blocking=True), resolution),
+                            txt.to(rt.device, non_blocking=True)))
+            if len(pending) < config.accum_freq and i < remaining - 1:
+                continue
+            loss = train_step(net, model, pending, optimizer, scaler, config, rt)
             scheduler.step()
-            if config.clamp_logit_scale:
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
             step += 1
-            batch_in_epoch += 1
-            running.append(loss.detach())
-            window_pairs += imgs.shape[0] * rt.world
+            batch_in_epoch += len(pending)
+            running.append(loss)
+            window_pairs += sum(img.shape[0] for img, _ in pending) * rt.world
+            pending = []
             progress.update(1)
 
             val_auc = ""
-            if val is not None and config.val_interval and step % config.val_interval == 0:
+            is_val_step = bool(config.val_cxr_filepath and config.val_interval and step % config.val_interval == 0)
+            if is_val_step and val is not None:
                 val_auc = f"{validate():.4f}"
-            if step % config.log_interval == 0 or val_auc or step == total_steps:
+            if step % config.log_interval == 0 or is_val_step or step == total_steps:
                 mean_loss = torch.stack(running).mean()
                 if rt.world > 1:
                     dist.all_reduce(mean_loss)
@@ -587,6 +581,50 @@ def train(config: Namespace) -> Path:
     if rt.world > 1:
         dist.barrier()
     return final
+
+
+def train_step(net: nn.Module, model: CLIP, micro: list[tuple[torch.Tensor, torch.Tensor]],
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, config: Namespace,
+               rt: Runtime) -> torch.Tensor:
+    """One optimizer step over one or more micro-batches; returns the loss (detached).
+
+    With several micro-batches (``--accum_freq``) the features of all of them are first
+    computed without gradient and cached; each micro-batch is then re-encoded with gradient
+    and scored against the cached rest, so the summed gradient is that of the contrastive
+    loss over the whole effective batch (open_clip's scheme, with the logit scale's gradient
+    counted once rather than once per micro-batch), at one micro-batch's memory.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if len(micro) == 1:
+        with rt.autocast():
+            image_features, text_features, logit_scale = net(*micro[0])
+            loss = clip_loss(image_features, text_features, logit_scale, config.gather_with_grad,
+                             config.local_loss, rt.rank, rt.world)
+        scaler.scale(loss).backward()
+    else:
+        with torch.no_grad(), rt.autocast():
+            cached = [net(images, texts)[:2] for images, texts in micro]
+        for j, (images, texts) in enumerate(micro):
+            sync = rt.world == 1 or j == len(micro) - 1
+            with (nullcontext() if sync else net.no_sync()):
+                with rt.autocast():
+                    image_features, text_features, logit_scale = net(images, texts)
+                    all_images = torch.cat([image_features if k == j else c[0] for k, c in enumerate(cached)])
+                    all_texts = torch.cat([text_features if k == j else c[1] for k, c in enumerate(cached)])
+                    # every micro-loss is the whole-batch loss: let the temperature's gradient in once
+                    scale = logit_scale if j == len(micro) - 1 else logit_scale.detach()
+                    loss = clip_loss(all_images, all_texts, scale, config.gather_with_grad,
+                                     config.local_loss, rt.rank, rt.world)
+                scaler.scale(loss).backward()
+    if config.grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if config.clamp_logit_scale:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    return loss.detach()
 
 
 def plot_loss(metrics_path: Path, out_path: Path) -> None:
