@@ -1,0 +1,484 @@
+"""Zero-shot pathology detection with a CheXzero CLIP, and ensembles of checkpoints.
+
+For every label the image embedding is compared with the embeddings of a positive prompt
+("Pleural Effusion") and a negative one ("no Pleural Effusion"). The score is the original's:
+p = exp(s+) / (exp(s+) + exp(s-)) on the raw cosines s+ and s- (no logit scale), i.e.
+sigmoid(s+ - s-); an ensemble averages these probabilities over checkpoints.
+
+The public functions keep the original names, signatures and meaning. What is faster than the
+original: each image is encoded once per model and scored against all positive and negative text
+embeddings at once; images are loaded in batches (with worker processes on a GPU machine); all
+prompts are encoded in one pass per model; the architecture is built locally (no download); the
+test images are opened once per ensemble, not once per checkpoint.
+
+Beyond the original, as named options: ``prompt_style="negation_aware"`` (a correct negative for
+labels that are already negations, such as "No Finding", whose AUROC the original inverts), and
+per-model prediction caches keyed by everything that changes the numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import data
+from tqdm import tqdm
+
+import clip
+from eval import bootstrap, evaluate, sigmoid
+from model import CLIP, MODEL_CONFIGS, model_config
+
+log = logging.getLogger(__name__)
+
+#: The 14 CheXpert observations in the order CheXzero uses (alphabetical).
+CHEXPERT_LABELS = [
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+    "Pneumothorax", "Support Devices",
+]
+#: The original (positive, negative) prompt templates.
+PAIR_TEMPLATE = ("{}", "no {}")
+PROMPT_STYLES = ("chexzero", "negation_aware")
+
+# negation_aware prompts. Labels that name a normal study get these normal-study impressions
+# (the commonest MIMIC-CXR and Indiana University wordings) as extra positives, and as negative
+# the average of common affirmative findings: a text that asserts an abnormality, instead of
+# "no No Finding", which the text encoder reads as more normal than "No Finding" itself.
+NORMAL_LABELS = ("no finding", "normal")
+NORMAL_PROMPTS = ("no acute cardiopulmonary process", "no acute cardiopulmonary abnormality",
+                  "normal chest x-ray")
+ABNORMAL_PROMPTS = ("pleural effusion", "cardiomegaly", "pulmonary edema", "consolidation",
+                    "atelectasis", "pneumothorax", "lung opacity")
+# Other negated labels ("no pneumothorax") get the un-negated finding as their negative.
+NEGATION_PREFIXES = ("no ", "without ", "absence of ")
+
+TEXT_CHUNK = 256  # prompts encoded per forward pass
+
+
+# --------------------------------------------------------------------------- data
+class CXRTestDataset(data.Dataset):
+    """Images of an HDF5 file (dataset ``cxr``, (N, H, W), uint8 or float32, values 0-255).
+
+    Item i is ``{'img': float32 tensor [3, H, W]}``: the image repeated on 3 channels, then
+    ``transform``. The file is opened lazily, once per process, so that DataLoader workers
+    (forked or spawned) each read through their own handle.
+    """
+
+    def __init__(self, img_path: str | Path, transform: nn.Module | None = None) -> None:
+        super().__init__()
+        self.img_path = str(img_path)
+        self.transform = transform
+        self._length = h5_length(self.img_path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _images(self) -> h5py.Dataset:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.img_path, "r")
+            self._pid = os.getpid()
+        return self._file["cxr"]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None  # open handles do not pickle (spawned workers)
+        return state
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        if torch.is_tensor(idx):
+            idx = idx.item()
+        img = torch.from_numpy(np.asarray(self._images()[idx], dtype=np.float32))
+        img = img.unsqueeze(0).repeat(3, 1, 1)
+        if self.transform is not None:
+            img = self.transform(img)
+        return {"img": img}
+
+
+def h5_length(cxr_filepath: str | Path) -> int:
+    """Number of images in an HDF5 file, with a clear error for a missing file or key."""
+    if not Path(cxr_filepath).is_file():
+        raise FileNotFoundError(f"Image file {cxr_filepath} does not exist")
+    with h5py.File(cxr_filepath, "r") as f:
+        if "cxr" not in f:
+            raise KeyError(f"{cxr_filepath} has no dataset 'cxr' (it holds {list(f.keys())})")
+        images = f["cxr"]
+        if images.ndim != 3:
+            raise ValueError(f"{cxr_filepath}: 'cxr' has shape {images.shape}, expected (N, H, W)")
+        return len(images)
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU (the original always ran zero-shot on the CPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_loader(cxr_filepath: str | Path, image_resolution: int, batch_size: int = 32,
+                num_workers: int | None = None, device: torch.device | str | None = None) -> data.DataLoader:
+    """Batched, ordered loader of the h5 images with the CheXzero transform for ``image_resolution``.
+
+    ``num_workers=None`` picks 0 on the CPU (the model needs every core; reading is ~1% of the
+    time there) and up to 8 worker processes when feeding a GPU.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if num_workers is None:
+        num_workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    dataset = CXRTestDataset(cxr_filepath, transform=clip.cxr_transform(image_resolution))
+    return data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                           pin_memory=device.type == "cuda")
+
+
+# --------------------------------------------------------------------------- model
+def load_clip(model_path: str | Path, pretrained: bool | None = False, context_length: int = 77, *,
+              device: torch.device | str | None = None) -> CLIP:
+    """Build a CLIP, load ``model_path`` strictly, return it in eval mode on ``device``.
+
+    ``pretrained=True``: the ViT-B/32 architecture of the released checkpoints (built locally, no
+    download). ``False``: the original's random-init 320-px model with ``context_length``.
+    ``None``: the architecture is read off the checkpoint (any OpenAI-layout CLIP, e.g. the
+    project's small trained models). A checkpoint of another architecture fails with
+    :func:`clip.load_weights`' report of missing, unexpected and mis-shaped keys.
+    """
+    state_dict = clip.load_checkpoint(model_path)
+    if pretrained is None:
+        try:
+            config = model_config(state_dict)
+        except (KeyError, IndexError) as err:
+            raise RuntimeError(f"{model_path} is not a CLIP state dict (no {err} entry)") from err
+    else:
+        config = dict(MODEL_CONFIGS["vit-b-32" if pretrained else "random-init-320"])
+        if not pretrained:
+            config["context_length"] = context_length
+    model = clip.load_weights(CLIP(**config), state_dict, source=str(model_path))
+    return model.to(device if device is not None else default_device()).eval()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and inference_mode for the block; the caller's train/eval mode comes back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _text_embeddings(model: nn.Module, texts_per_class: Sequence[Sequence[str]],
+                     context_length: int = 77) -> torch.Tensor:
+    """[embed_dim, n_classes]: each class's texts encoded, L2-normalised, averaged, re-normalised.
+
+    All texts go through the text encoder together (in chunks), not one class at a time.
+    """
+    model_context = getattr(model, "context_length", context_length)
+    if context_length != model_context:
+        raise ValueError(f"context_length={context_length} but the model's context length is {model_context}")
+    flat = [text for texts in texts_per_class for text in texts]
+    tokens = clip.tokenize(flat, context_length=context_length).to(_device(model))
+    embeddings = F.normalize(torch.cat([model.encode_text(chunk) for chunk in tokens.split(TEXT_CHUNK)]).float(),
+                             dim=-1)
+    sizes = [len(texts) for texts in texts_per_class]
+    class_means = torch.stack([group.mean(dim=0) for group in embeddings.split(sizes)])
+    return F.normalize(class_means, dim=-1).t()
+
+
+def image_features(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]],
+                   progress: bool = False) -> torch.Tensor:
+    """(N, embed_dim) L2-normalised fp32 image embeddings on the model's device, in loader order.
+
+    Batches are dicts with key ``'img'``, of any batch size.
+    """
+    device = _device(model)
+    features = []
+    with _inference(model):
+        for batch in tqdm(loader, desc="images", unit="batch", disable=not progress, leave=False):
+            images = batch["img"].to(device, non_blocking=True)
+            features.append(F.normalize(model.encode_image(images).float(), dim=-1))
+    if not features:
+        raise ValueError("the loader yielded no images")
+    return torch.cat(features)
+
+
+def _pair_probabilities(model: nn.Module, features: torch.Tensor, pos_texts: Sequence[Sequence[str]],
+                        neg_texts: Sequence[Sequence[str]], context_length: int = 77) -> np.ndarray:
+    """exp(s+) / (exp(s+) + exp(s-)) per image and label, computed in float32 as the original."""
+    with _inference(model):
+        weights = torch.cat([_text_embeddings(model, pos_texts, context_length),
+                             _text_embeddings(model, neg_texts, context_length)], dim=1)
+        cosines = (features @ weights).cpu().numpy()
+    pos, neg = np.split(cosines, 2, axis=1)
+    return np.exp(pos) / (np.exp(pos) + np.exp(neg))
+
+
+def prompt_texts(labels: Sequence[str], pair_template: Sequence[str] = PAIR_TEMPLATE,
+                 prompt_style: str = "chexzero") -> tuple[list[list[str]], list[list[str]]]:
+    """Per label, the positive and the negative texts (several texts are averaged in embedding space).
+
+    ``chexzero``: ``[pair_template[0].format(label)]`` vs ``[pair_template[1].format(label)]`` for
+    every label, as the original ("No Finding" vs "no No Finding"). ``negation_aware``: the same
+    for ordinary labels; a label naming a normal study ("No Finding", "normal") is compared as
+    {label, normal-study impressions} vs {common affirmative findings}; another negated label
+    ("no pneumothorax") is compared with the finding it negates ("pneumothorax").
+    """
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+    if len(pair_template) != 2:
+        raise ValueError(f"pair_template must be (positive, negative), got {pair_template!r}")
+    positives, negatives = [], []
+    for label in labels:
+        text = label.lower().strip()
+        negated = next((p for p in NEGATION_PREFIXES if text.startswith(p)), None)
+        if prompt_style == "negation_aware" and text in NORMAL_LABELS:
+            positives.append([label, *NORMAL_PROMPTS])
+            negatives.append(list(ABNORMAL_PROMPTS))
+        elif prompt_style == "negation_aware" and negated is not None:
+            positives.append([label])
+            negatives.append([label.strip()[len(negated):].strip()])
+        else:
+            positives.append([pair_template[0].format(label)])
+            negatives.append([pair_template[1].format(label)])
+    return positives, negatives
+
+
+# --------------------------------------------------------------------------- original API
+def zeroshot_classifier(classnames: Sequence[str], templates: Sequence[str], model: nn.Module,
+                        context_length: int = 77) -> torch.Tensor:
+    """Text weights [embed_dim, n_classes]: per class, the normalised mean of its templates' embeddings."""
+    with _inference(model):
+        return _text_embeddings(model, [[t.format(c) for t in templates] for c in classnames], context_length)
+
+
+def predict(loader: Iterable[Mapping[str, torch.Tensor]], model: nn.Module, zeroshot_weights: torch.Tensor,
+            softmax_eval: bool = True, verbose: int = 0) -> np.ndarray:
+    """Cosine similarity of each image with each class, (N, C) float32.
+
+    ``softmax_eval=False``: each image's similarities are standardised across classes (population
+    std) and passed through a sigmoid, as the original. Works with any batch size.
+    """
+    features = image_features(model, loader, progress=bool(verbose))
+    logits = (features @ zeroshot_weights.to(features.device, torch.float32)).cpu().numpy()
+    if not softmax_eval:
+        logits = sigmoid((logits - logits.mean(axis=1, keepdims=True)) / logits.std(axis=1, keepdims=True))
+    return logits.astype(np.float32)
+
+
+def run_single_prediction(cxr_labels: Sequence[str], template: str, model: nn.Module,
+                          loader: Iterable[Mapping[str, torch.Tensor]], softmax_eval: bool = True,
+                          context_length: int = 77) -> np.ndarray:
+    """(N, C) predictions of one template: :func:`zeroshot_classifier` then :func:`predict`."""
+    weights = zeroshot_classifier(cxr_labels, [template], model, context_length)
+    return predict(loader, model, weights, softmax_eval=softmax_eval)
+
+
+def run_softmax_eval(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], eval_labels: Sequence[str],
+                     pair_template: Sequence[str], context_length: int = 77, *, prompt_style: str = "chexzero",
+                     progress: bool = False) -> np.ndarray:
+    """(N, C) float32 p = exp(s+) / (exp(s+) + exp(s-)) for ``pair_template`` = (positive, negative).
+
+    Runs on the model's device, encodes each image once, takes loaders of any batch size whose
+    batches are dicts with key ``'img'``; no file I/O, and the model's train/eval mode is restored
+    (the training loop calls this for validation).
+    """
+    features = image_features(model, loader, progress=progress)
+    return _pair_probabilities(model, features, *prompt_texts(eval_labels, pair_template, prompt_style),
+                               context_length=context_length)
+
+
+def process_alt_labels(alt_labels_dict: Mapping[str, Sequence[str]] | None,
+                       cxr_labels: Sequence[str]) -> tuple[list[str] | None, dict[str, int] | None]:
+    """Expand ``{main label: [alternative names]}`` into the labels to score and their truth column.
+
+    Returns ``(alt_label_list, alt_label_idx_map)``: every main label followed by its alternatives
+    (dict order), and for each the index of its main label in ``cxr_labels``. ``(None, None)`` for None.
+    """
+    if alt_labels_dict is None:
+        return None, None
+    main_of: dict[str, str] = {}
+    for main, alternatives in alt_labels_dict.items():
+        main_of[main] = main
+        for alternative in alternatives:
+            main_of[alternative] = main
+    missing = sorted({main for main in main_of.values() if main not in cxr_labels})
+    if missing:
+        raise KeyError(f"alt_labels_dict names main labels {missing} that are not in cxr_labels")
+    alt_label_list = list(main_of)
+    return alt_label_list, {name: list(cxr_labels).index(main) for name, main in main_of.items()}
+
+
+def run_experiment(model: nn.Module, cxr_labels: Sequence[str], cxr_templates: Sequence,
+                   loader: Iterable[Mapping[str, torch.Tensor]], y_true: np.ndarray,
+                   alt_labels_dict: Mapping[str, Sequence[str]] | None = None, softmax_eval: bool = True,
+                   context_length: int = 77, use_bootstrap: bool = True) -> tuple[list, np.ndarray]:
+    """Evaluate each template (a (positive, negative) pair when ``softmax_eval``): (results, last y_pred).
+
+    A result is ``bootstrap(...)``'s ``(boot_stats, cis)`` or, without bootstrap, ``evaluate(...)``'s
+    AUROC row; alternative label names are mapped to their main label's truth column in both
+    cases (the original forgot the mapping without bootstrap). Images are encoded once for all
+    templates.
+    """
+    alt_labels, label_idx_map = process_alt_labels(alt_labels_dict, cxr_labels)
+    eval_labels = alt_labels if alt_labels is not None else list(cxr_labels)
+    features = image_features(model, loader)
+    results, y_pred = [], None
+    for template in cxr_templates:
+        if softmax_eval:
+            y_pred = _pair_probabilities(model, features, *prompt_texts(eval_labels, template),
+                                         context_length=context_length)
+        else:
+            with _inference(model):
+                weights = _text_embeddings(model, [[template.format(c)] for c in eval_labels], context_length)
+                logits = (features @ weights).cpu().numpy()
+            y_pred = sigmoid((logits - logits.mean(axis=1, keepdims=True)) / logits.std(axis=1, keepdims=True))
+        if use_bootstrap:
+            results.append(bootstrap(y_pred, y_true, eval_labels, label_idx_map=label_idx_map))
+        else:
+            results.append(evaluate(y_pred, y_true, eval_labels, label_idx_map=label_idx_map))
+    return results, y_pred
+
+
+def check_alignment(labels_path: str | Path, n_label_rows: int, cxr_filepath: str | Path) -> None:
+    """Fail unless the label CSV has exactly one row per image of the h5 (row i describes image i)."""
+    n_images = h5_length(cxr_filepath)
+    if n_label_rows != n_images:
+        raise ValueError(f"{labels_path} has {n_label_rows} label rows but {cxr_filepath} has {n_images} "
+                         f"images; row i of the labels must describe image i (rebuild both together)")
+
+
+def make_true_labels(path: str | Path, cxr_labels: Sequence[str], cutlabels: bool = True, *,
+                     cxr_filepath: str | Path | None = None) -> np.ndarray:
+    """Ground truth (N, C) from a CSV: the ``cxr_labels`` columns selected by name, in that order.
+
+    ``cutlabels=False`` keeps every column but the first, as the original. With ``cxr_filepath``
+    the row count is checked against the h5.
+    """
+    table = pd.read_csv(path)
+    if cutlabels:
+        missing = [label for label in cxr_labels if label not in table.columns]
+        if missing:
+            raise KeyError(f"{path} has no column {missing}; its columns are {list(table.columns)}")
+        table = table.loc[:, list(cxr_labels)]
+    else:
+        table = table.iloc[:, 1:]
+    if cxr_filepath is not None:
+        check_alignment(path, len(table), cxr_filepath)
+    return table.to_numpy()
+
+
+def make(model_path: str | Path, cxr_filepath: str | Path, pretrained: bool | None = True,
+         context_length: int = 77, *, batch_size: int = 32, num_workers: int | None = None,
+         device: torch.device | str | None = None) -> tuple[CLIP, data.DataLoader]:
+    """(model, loader): :func:`load_clip` and a batched loader with the transform for the model's resolution.
+
+    The resolution comes from the model (224 for ViT-B/32, 320 for the random-init model), as
+    the original's pretrained -> 224 rule.
+    """
+    model = load_clip(model_path, pretrained, context_length, device=device)
+    loader = make_loader(cxr_filepath, model.visual.input_resolution, batch_size, num_workers, _device(model))
+    return model, loader
+
+
+def _file_identity(path: str | Path) -> dict:
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def cache_key(model_path: str | Path, cxr_filepath: str | Path, prompts: tuple[list[list[str]], list[list[str]]],
+              context_length: int = 77) -> dict:
+    """Everything that determines a model's cached predictions: checkpoint and image file (path, size,
+    mtime), the prompts of every label (style, template and label list) and the context length."""
+    return {"checkpoint": _file_identity(model_path), "images": _file_identity(cxr_filepath),
+            "positive_prompts": prompts[0], "negative_prompts": prompts[1], "context_length": context_length}
+
+
+def ensemble_models(model_paths: Iterable[str | Path], cxr_filepath: str | Path, cxr_labels: Sequence[str],
+                    cxr_pair_template: Sequence[str], cache_dir: str | Path | None = None,
+                    save_name: str | None = None, *, prompt_style: str = "chexzero",
+                    pretrained: bool | None = None, context_length: int = 77, batch_size: int = 32,
+                    num_workers: int | None = None, device: torch.device | str | None = None
+                    ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Zero-shot predictions of each checkpoint (sorted by path) and their mean probability.
+
+    Returns ``(predictions, y_pred_avg)``. With ``cache_dir`` each model's (N, C) array is saved as
+    ``<cache_dir>/[<save_name>_]<stem>-<hash>.npy`` (plus a ``.json`` saying what the hash covers:
+    :func:`cache_key`) and reused on the next call with the same inputs; a changed prompt style,
+    template, label list, image file or checkpoint gets a new file. ``pretrained=None`` reads each
+    checkpoint's architecture off the file.
+    """
+    model_paths = sorted(str(p) for p in model_paths)
+    if not model_paths:
+        raise ValueError("ensemble_models got no checkpoint paths")
+    prompts = prompt_texts(cxr_labels, cxr_pair_template, prompt_style)
+    device = torch.device(device) if device is not None else default_device()
+    loaders: dict[int, data.DataLoader] = {}  # one per input resolution, shared by the models
+    predictions = []
+    for path in tqdm(model_paths, desc="models", unit="model"):
+        cache_path = None
+        if cache_dir is not None:
+            key = cache_key(path, cxr_filepath, prompts, context_length)
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+            stem = Path(path).stem if save_name is None else f"{save_name}_{Path(path).stem}"
+            cache_path = Path(cache_dir) / f"{stem}-{digest}.npy"
+            if cache_path.is_file():
+                log.info("%s: cached predictions %s", Path(path).name, cache_path)
+                predictions.append(np.load(cache_path))
+                continue
+        model = load_clip(path, pretrained, context_length, device=device)
+        resolution = model.visual.input_resolution
+        if resolution not in loaders:
+            loaders[resolution] = make_loader(cxr_filepath, resolution, batch_size, num_workers, device)
+        features = image_features(model, loaders[resolution], progress=True)
+        y_pred = _pair_probabilities(model, features, *prompts, context_length=context_length)
+        log.info("%s: predicted %d images x %d labels", Path(path).name, *y_pred.shape)
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache_path, y_pred)
+            cache_path.with_suffix(".json").write_text(json.dumps(key, indent=1))
+        predictions.append(y_pred)
+        del model, features
+    return predictions, np.mean(predictions, axis=0)
+
+
+def run_zero_shot(cxr_labels: Sequence[str], cxr_templates: Sequence, model_path: str | Path,
+                  cxr_filepath: str | Path, final_label_path: str | Path,
+                  alt_labels_dict: Mapping[str, Sequence[str]] | None = None, softmax_eval: bool = True,
+                  context_length: int = 77, pretrained: bool | None = False, use_bootstrap: bool = True,
+                  cutlabels: bool = True) -> tuple[list, np.ndarray]:
+    """One checkpoint end to end: labels, model, predictions per template, AUROC (bootstrapped).
+
+    Returns :func:`run_experiment`'s ``(results, y_pred)``. The default ``pretrained=False`` is the
+    original's (random-init architecture): pass True (or None) for the released ViT-B/32 files.
+    """
+    np.random.seed(97)
+    y_true = make_true_labels(final_label_path, cxr_labels, cutlabels, cxr_filepath=cxr_filepath)
+    model, loader = make(model_path, cxr_filepath, pretrained, context_length)
+    return run_experiment(model, cxr_labels, cxr_templates, loader, y_true, alt_labels_dict, softmax_eval,
+                          context_length, use_bootstrap)
+
+
+def run_cxr_zero_shot(model_path: str | Path, context_length: int = 77, pretrained: bool | None = False, *,
+                      cxr_filepath: str | Path = "data/chexpert_test.h5",
+                      final_label_path: str | Path = "data/chexpert-test/groundtruth.csv"
+                      ) -> tuple[list[str], pd.DataFrame]:
+    """The 14 CheXpert labels with the original prompts, no bootstrap: ``(labels, AUROC row)``.
+
+    The original read fixed internal paths; here they are arguments with the project's defaults.
+    """
+    results, _ = run_zero_shot(CHEXPERT_LABELS, [PAIR_TEMPLATE], model_path, cxr_filepath, final_label_path,
+                               context_length=context_length, pretrained=pretrained, use_bootstrap=False)
+    return CHEXPERT_LABELS, results[0]
