@@ -1,0 +1,651 @@
+"""Preprocessing library: chest X-ray images -> HDF5, radiology reports -> impression CSV.
+
+Keeps the public functions of CheXzero's ``data_process.py`` with the same names and
+meaning (``preprocess``, ``img_to_hdf5``, ``get_cxr_paths_list``, ``get_cxr_path_csv``,
+``write_report_csv``) and fixes what the original got wrong on today's stack:
+
+* ``Image.ANTIALIAS`` (removed in Pillow 10) is ``Image.Resampling.LANCZOS``: same pixels.
+* images are stored as uint8 by default (same values as the original float32, 4x smaller),
+  one image per HDF5 chunk, decoded in parallel, in sorted path order;
+* an unreadable, truncated or zero-byte image is never a silent all-zero row: it is
+  reported with its reason and, unless ``keep_failed``, dropped together with its caption;
+* the HDF5 file is built as ``<out>.partial`` with a progress journal, so an interrupted
+  run resumes from the last completed chunk and the final file appears only when complete;
+* 16-bit PNGs (PadChest) are read at full depth and scaled by their real bit depth.
+
+The CheXzero impression rule is reproduced exactly; the official MIMIC-CXR section-parser
+selection is available as the ``mimic`` rule (re-implemented from its description).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+RESOLUTION = 320
+H5_KEY = "cxr"
+NO_IMPRESSION = "NO IMPRESSION"
+# Bumped whenever the pixels written for a given input could change; part of the resume
+# fingerprint so a partial file is never continued by a different algorithm.
+PIPELINE_VERSION = "1"
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+
+
+class ImageDecodeError(Exception):
+    """An image file that cannot be turned into pixels (missing, empty, truncated, corrupt)."""
+
+
+class ResumeError(Exception):
+    """A partial output that cannot be continued (or would be overwritten) as asked."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One source image that produced no pixels: its index in the input list and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def load_data(filepath: str) -> pd.DataFrame:
+    """Read a CSV (kept from the original API)."""
+    return pd.read_csv(filepath)
+
+
+def get_cxr_paths_list(filepath: str) -> pd.Series:
+    """Return the ``Path`` column of a paths CSV written by :func:`get_cxr_path_csv`."""
+    return load_data(filepath)["Path"]
+
+
+def scaled_size(size: tuple[int, int], desired_size: int = RESOLUTION) -> tuple[int, int]:
+    """Size after CheXzero's aspect-preserving resize: long side -> desired, ``int()`` truncation.
+
+    The float expression is the original's on purpose (ratio first, then multiply), so sizes
+    that land a hair under an integer truncate exactly as CheXzero did.
+    """
+    ratio = float(desired_size) / max(size)
+    return int(size[0] * ratio), int(size[1] * ratio)
+
+
+def resize_and_pad(img: Image.Image, new_size: tuple[int, int], desired_size: int = RESOLUTION) -> Image.Image:
+    """LANCZOS-resize ``img`` to ``new_size`` and paste it centred (floor offsets) on a black
+    ``desired_size`` square 'L' canvas. An RGB input is converted to 'L' by the paste
+    (ITU-R 601-2 luma), exactly as in the original."""
+    img = img.resize(new_size, Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (desired_size, desired_size))
+    canvas.paste(img, ((desired_size - new_size[0]) // 2, (desired_size - new_size[1]) // 2))
+    return canvas
+
+
+def preprocess(img: Image.Image, desired_size: int = RESOLUTION) -> Image.Image:
+    """CheXzero's image transform: aspect-preserving LANCZOS resize of the long side to
+    ``desired_size`` (short side truncated by ``int()``), centred zero pad, 8-bit gray.
+
+    Example: 2544x3056 (WxH) -> 266x320 pasted at x offset 27.
+    """
+    return resize_and_pad(img, scaled_size(img.size, desired_size), desired_size)
+
+
+def _read_image_bytes(path: str) -> bytes:
+    """Read an image file, rejecting the failure kinds a decoder would not report.
+
+    A JPEG cut short still decodes with OpenCV (libjpeg pads the missing rows with gray and
+    only prints a warning), so completeness is checked on the bytes: a JPEG must end with
+    the EOI marker and a PNG with the IEND chunk.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise ImageDecodeError("zero-byte file")
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
+        raise ImageDecodeError("truncated JPEG (no end-of-image marker)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        raise ImageDecodeError("truncated PNG (no IEND chunk)")
+    return data
+
+
+def to_uint8(arr: np.ndarray, bits_stored: int | None = None) -> np.ndarray:
+    """Scale a decoded array to uint8. uint8 passes through; uint16 is scaled by its real bit
+    depth: the larger of ``bits_stored`` (e.g. PadChest ``BitsStored_DICOM``) and the bit
+    length of the image maximum, so 12-bit data in a 16-bit PNG maps 4095 -> 255 instead of
+    being crushed to black (OpenCV's default high-byte reduction) or clipped (PIL 'L')."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype != np.uint16:
+        raise ImageDecodeError(f"unsupported pixel type {arr.dtype}")
+    bits = max(8, int(arr.max()).bit_length(), min(int(bits_stored or 0), 16))
+    scale = 255.0 / ((1 << bits) - 1)
+    return np.rint(arr.astype(np.float32) * scale).astype(np.uint8)
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """OpenCV array (gray, BGR or BGRA, uint8) -> PIL 'L' or 'RGB' image."""
+    if arr.ndim == 2:
+        return Image.fromarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB))
+    raise ImageDecodeError(f"unsupported image shape {arr.shape}")
+
+
+def decode_image(data: bytes, bits_stored: int | None = None) -> Image.Image:
+    """Decode image bytes at full depth with OpenCV -> PIL image ('L', or 'RGB' for colour files).
+
+    Gray files stay single-channel (identical to the original's colour decode, whose three
+    channels are equal and whose luma conversion is then the identity); colour files take
+    the original's RGB path so their pixels match too.
+    """
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if arr is None:
+        raise ImageDecodeError("not decodable (corrupt or unsupported format)")
+    return _array_to_pil(to_uint8(arr, bits_stored))
+
+
+def _decode_jpeg_reduced(data: bytes, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
+    """JPEG decode with DCT-domain downscaling (libjpeg scale 1/2, 1/4 or 1/8 via PIL
+    ``draft``) to the smallest size still at least the final resized size, in gray.
+    Returns the image and the final size, computed from the full-resolution size so the
+    geometry equals the exact path."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        new_size = scaled_size(img.size, resolution)
+        img.draft("L", new_size)
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"not decodable: {e}") from None
+    return (img if img.mode in ("L", "RGB") else img.convert("L")), new_size
+
+
+def load_cxr(path: str, resolution: int = RESOLUTION, fast_decode: bool = False,
+             bits_stored: int | None = None) -> np.ndarray:
+    """Read one image file and return CheXzero's (resolution, resolution) uint8 image.
+
+    ``fast_decode`` decodes JPEGs at a reduced scale before the LANCZOS step (faster, small
+    pixel deviation: see bench/README.md); output size and offsets are the same as the exact
+    path. Raises :class:`ImageDecodeError` with a reason on failure.
+    """
+    data = _read_image_bytes(path)
+    if fast_decode and data[:2] == b"\xff\xd8":
+        img, new_size = _decode_jpeg_reduced(data, resolution)
+    else:
+        img = decode_image(data, bits_stored)
+        new_size = scaled_size(img.size, resolution)
+    if min(new_size) < 1:
+        raise ImageDecodeError(f"degenerate image size {img.size}")
+    return np.asarray(resize_and_pad(img, new_size, resolution))
+
+
+def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: bool
+               ) -> tuple[int, np.ndarray | None, str | None]:
+    """Worker: (index, path, bits) -> (index, pixels or None, failure reason or None)."""
+    index, path, bits = task
+    try:
+        return index, load_cxr(path, resolution, fast_decode, bits), None
+    except ImageDecodeError as e:
+        return index, None, str(e)
+    except cv2.error as e:
+        return index, None, f"OpenCV error: {e.err or e}"
+
+
+def _init_worker() -> None:
+    """One OpenCV thread per worker process: parallelism comes from the processes."""
+    cv2.setNumThreads(1)
+
+
+def _partial_paths(out_filepath: str) -> tuple[str, str]:
+    return out_filepath + ".partial", out_filepath + ".partial.json"
+
+
+def _fingerprint(paths: Sequence[str], bits: Sequence[int | None], resolution: int, dtype: str,
+                 keep_failed: bool, fast_decode: bool) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([PIPELINE_VERSION, resolution, dtype, keep_failed, fast_decode]).encode())
+    for p, b in zip(paths, bits):
+        h.update(f"{p}\0{b}\n".encode())
+    return h.hexdigest()
+
+
+def _save_progress(progress_path: str, state: dict) -> None:
+    """Write the progress journal atomically (a crash leaves the old or the new one)."""
+    tmp = progress_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, progress_path)
+
+
+def _create_partial_h5(partial_path: str, n: int, resolution: int, dtype: str) -> None:
+    """Create the partial file with every chunk allocated up front (one image per chunk).
+
+    Early allocation means later writes touch only raw chunk bytes, never HDF5 metadata, so a
+    process killed mid-write leaves a file that reopens cleanly; unwritten space stays sparse.
+    """
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    with h5py.File(partial_path, "w") as f:
+        f.create_dataset(H5_KEY, shape=(n, resolution, resolution), maxshape=(None, resolution, resolution),
+                         dtype=dtype, chunks=(1, resolution, resolution), dcpl=dcpl)
+
+
+def _results(tasks: list[tuple[int, str, int | None]], resolution: int, fast_decode: bool,
+             num_workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Decoded images in task order, from ``num_workers`` processes (in-process for 1)."""
+    work = partial(_load_task, resolution=resolution, fast_decode=fast_decode)
+    if num_workers <= 1:
+        yield from map(work, tasks)
+        return
+    # spawn, not fork: forking a parent whose OpenCV/torch thread pools are already running
+    # can leave the children deadlocked on a lock held by a thread that was not copied.
+    with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker) as pool:
+        yield from pool.imap(work, tasks, chunksize=4)
+
+
+def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: int = RESOLUTION, *,
+                     num_workers: int | None = None, dtype: str = "uint8", keep_failed: bool = False,
+                     fast_decode: bool = False, resume: bool = False,
+                     bits_stored: Sequence[int | None] | None = None, chunk_images: int = 256,
+                     desc: str = "images") -> list[Failure]:
+    """Decode every image into ``<out_filepath>.partial`` (key ``cxr``), resumable.
+
+    Rows follow the input order. A failed image adds no row (``keep_failed=False``) or an
+    all-zero row (``keep_failed=True``, the original's row parity). Every ``chunk_images``
+    inputs the file is flushed and ``<out>.partial.json`` records how far it got; with
+    ``resume=True`` an interrupted run continues from there with the identical result.
+    Returns the failures; call :func:`finalize_h5` to publish the file.
+    """
+    paths = [str(p) for p in cxr_paths]
+    bits = list(bits_stored) if bits_stored is not None else [None] * len(paths)
+    if len(bits) != len(paths):
+        raise ValueError(f"bits_stored has {len(bits)} entries for {len(paths)} paths")
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', not {dtype!r}")
+    num_workers = num_workers or os.cpu_count() or 1
+    partial_path, progress_path = _partial_paths(out_filepath)
+    fingerprint = _fingerprint(paths, bits, resolution, dtype, keep_failed, fast_decode)
+
+    state = None
+    if os.path.exists(progress_path) and os.path.exists(partial_path):
+        if not resume:
+            raise ResumeError(
+                f"{partial_path} holds an interrupted run. Pass --resume (resume=True) to continue it, "
+                f"or delete {partial_path} and {progress_path} to start over.")
+        with open(progress_path) as f:
+            state = json.load(f)
+        if state.get("fingerprint") != fingerprint:
+            raise ResumeError(
+                f"{partial_path} was started with different inputs or options (paths, dtype, resolution, "
+                f"--keep_failed, --fast_decode); resume needs the same ones, or delete {partial_path} "
+                f"and {progress_path} to start over.")
+        log.info("resuming %s: %d/%d images already done", partial_path, state["n_done"], len(paths))
+    if state is None:
+        if resume:
+            log.info("nothing to resume for %s: starting from scratch", out_filepath)
+        Path(out_filepath).parent.mkdir(parents=True, exist_ok=True)
+        _create_partial_h5(partial_path, len(paths), resolution, dtype)
+        state = {"fingerprint": fingerprint, "n_total": len(paths), "n_done": 0, "n_rows": 0, "failed": []}
+        _save_progress(progress_path, state)
+
+    failures = [Failure(*f) for f in state["failed"]]
+    n_done, n_rows = state["n_done"], state["n_rows"]
+    tasks = [(i, paths[i], bits[i]) for i in range(n_done, len(paths))]
+    zeros = np.zeros((resolution, resolution), dtype=dtype)
+
+    def commit() -> None:
+        f.flush()
+        _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
+                                       "failed": [[x.index, x.path, x.reason] for x in failures]})
+
+    with h5py.File(partial_path, "r+") as f, \
+            tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
+        dset = f[H5_KEY]
+        for index, pixels, reason in _results(tasks, resolution, fast_decode, num_workers):
+            if pixels is None:
+                failures.append(Failure(index, paths[index], reason))
+                log.warning("image %d failed (%s): %s", index, reason, paths[index])
+                if keep_failed:
+                    dset[n_rows] = zeros
+                    n_rows += 1
+            else:
+                dset[n_rows] = pixels
+                n_rows += 1
+            n_done = index + 1
+            bar.update(1)
+            if n_done % chunk_images == 0:
+                commit()
+        if dset.shape[0] != n_rows:
+            dset.resize(n_rows, axis=0)
+        commit()
+    return failures
+
+
+def finalize_h5(out_filepath: str) -> None:
+    """Publish a completed partial file: rename it to ``out_filepath`` and drop the journal."""
+    partial_path, progress_path = _partial_paths(out_filepath)
+    with open(progress_path) as f:
+        state = json.load(f)
+    if state["n_done"] != state["n_total"]:
+        raise RuntimeError(f"{partial_path} is incomplete ({state['n_done']}/{state['n_total']}); resume it first")
+    os.replace(partial_path, out_filepath)
+    os.remove(progress_path)
+
+
+def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = RESOLUTION, **kwargs
+                ) -> list[Failure]:
+    """Write every image of ``cxr_paths`` to ``out_filepath`` (dataset ``cxr``, shape (N, res, res)).
+
+    Same meaning as the original, made safe: uint8 by default (``dtype="float32"`` for the
+    original's layout, same values), parallel decode, failures returned instead of silent
+    zero rows (see :func:`build_h5_partial` for the keyword options), file published only
+    when complete.
+    """
+    failures = build_h5_partial(cxr_paths, out_filepath, resolution, **kwargs)
+    finalize_h5(out_filepath)
+    return failures
+
+
+# --------------------------------------------------------------------------------------
+# MIMIC-CXR image paths
+# --------------------------------------------------------------------------------------
+
+
+def get_files(directory: str, suffix: str = ".jpg") -> list[str]:
+    """Every ``*.jpg`` under ``directory``, sorted part by part (deterministic on any machine,
+    unlike the original's filesystem order)."""
+    files = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(directory)
+             for name in names if name.endswith(suffix)]
+    return sorted(files, key=lambda p: Path(p).parts)
+
+
+def get_cxr_path_csv(out_filepath: str, directory: str) -> None:
+    """Write the sorted image paths under ``directory`` to a CSV with one column ``Path``."""
+    pd.DataFrame({"Path": get_files(directory)}).to_csv(out_filepath, index=False)
+
+
+# --------------------------------------------------------------------------------------
+# Reports -> impressions
+# --------------------------------------------------------------------------------------
+
+
+def report_path(cxr_path: str, txt_folder: str) -> str:
+    """Report of the study an image belongs to: ``<txt_folder>/pXX/pXXXXXXXX/sXXXXXXXX.txt``
+    (works with or without a trailing slash on ``txt_folder``)."""
+    parts = Path(cxr_path).parts
+    if len(parts) < 4:
+        raise ValueError(f"{cxr_path}: expected .../pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg")
+    group, patient, study = parts[-4], parts[-3], parts[-2]
+    return os.path.join(txt_folder, group, patient, study + ".txt")
+
+
+def read_report(path: str) -> str:
+    """Report text, with a clear error when the file is missing or not text."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"report not found: {path}. Check --radiology_reports_path (the folder holding p10..p19 "
+            f"of mimic-cxr-reports), or pass --missing_report skip to drop its images.") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"report {path} is not UTF-8 text: {e}") from None
+
+
+def _first_index(tokens: list[str], *candidates: str) -> int | None:
+    """Index of the first occurrence of the first candidate present (the original's elif chain)."""
+    for c in candidates:
+        if c in tokens:
+            return tokens.index(c)
+    return None
+
+
+def chexzero_impression(text: str) -> str:
+    """CheXzero's impression rule, exactly.
+
+    Whitespace-split tokens; start after the *last* exact token ``IMPRESSION:``; stop at the
+    first ``RECOMMENDATION(S):``/``RECOMMENDATION:``/``RECOMMENDATIONS:`` and/or the first
+    ``NOTIFICATION:``/``NOTIFICATIONS:`` (the earlier of the two), searched over the whole
+    report, with a match at token 0 counting as absent; tokens re-joined by single spaces.
+    No ``IMPRESSION:`` token gives the literal ``NO IMPRESSION`` (so do ``CONCLUSION:``,
+    ``Impression:`` and a glued ``IMPRESSION:No``); a NOTIFICATION before the impression
+    gives an empty string.
+    """
+    tokens = text.split()
+    if "IMPRESSION:" not in tokens:
+        return NO_IMPRESSION
+    begin = len(tokens) - 1 - tokens[::-1].index("IMPRESSION:") + 1
+    ends = [e for e in (_first_index(tokens, "RECOMMENDATION(S):", "RECOMMENDATION:", "RECOMMENDATIONS:"),
+                        _first_index(tokens, "NOTIFICATION:", "NOTIFICATIONS:")) if e]
+    return " ".join(tokens[begin:min(ends)] if ends else tokens[begin:])
+
+
+# Official MIMIC-CXR section parser (MIT-LCP/mimic-cxr txt/section_parser.py and
+# create_section_files.py), re-implemented from its documented behaviour. The tables below
+# are its data: header synonyms and typos, whole-study title patterns, per-study overrides.
+_MIMIC_HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")
+_MIMIC_SECTION_NAMES = {
+    "preamble": "preamble", "impression": "impression", "comparison": "comparison",
+    "indication": "indication", "findings": "findings", "examination": "examination",
+    "technique": "technique", "history": "history", "comparisons": "comparison",
+    "clinical history": "history", "reason for examination": "indication",
+    "notification": "notification", "reason for exam": "indication",
+    "clinical information": "history", "exam": "examination", "clinical indication": "indication",
+    "conclusion": "impression", "chest, two views": "findings",
+    "recommendation(s)": "recommendations", "type of examination": "examination",
+    "reference exam": "comparison", "patient history": "history", "addendum": "addendum",
+    "comparison exam": "comparison", "date": "date", "comment": "comment",
+    "findings and impression": "impression", "wet read": "wet read", "comparison film": "comparison",
+    "recommendations": "recommendations", "findings/impression": "impression", "pfi": "history",
+    "recommendation": "recommendations", "wetread": "wet read",
+    "ndication": "impression",  # sic: the official table maps this typo to impression
+    "impresson": "impression", "imprression": "impression", "imoression": "impression",
+    "impressoin": "impression", "imprssion": "impression", "impresion": "impression",
+    "imperssion": "impression", "mpression": "impression", "impession": "impression",
+    "findings/ impression": "impression", "finding": "findings", "findins": "findings",
+    "findindgs": "findings", "findgings": "findings", "findngs": "findings", "findnings": "findings",
+    "finidngs": "findings", "idication": "indication", "reference findings": "findings",
+    "comparision": "comparison", "comparsion": "comparison", "comparrison": "comparison",
+    "comparisions": "comparison",
+}
+_MIMIC_MAIN_SECTIONS = ("impression", "findings", "history", "comparison", "addendum")
+_MIMIC_WHOLE_STUDY = re.compile(
+    "chest|portable|pa and lateral|lateral and pa|ap and lateral|lateral and ap|frontal and|"
+    "two views|frontal view|pa view|ap view|one view|lateral view|bone window|frontal upright|"
+    "frontal semi-upright|ribs|pa and lat")
+_MIMIC_CUSTOM_SECTION = {
+    "s50913680": "recommendations", "s59363654": "examination", "s59279892": "technique",
+    "s59768032": "recommendations", "s57936451": "indication", "s50058765": "indication",
+    "s53356173": "examination", "s53202765": "technique", "s50808053": "technique",
+    "s51966317": "indication", "s50743547": "examination", "s56451190": "note",
+    "s59067458": "recommendations", "s59215320": "examination", "s55124749": "indication",
+    "s54365831": "indication", "s59087630": "recommendations", "s58157373": "recommendations",
+    "s56482935": "recommendations", "s58375018": "recommendations", "s54654948": "indication",
+    "s55157853": "examination", "s51491012": "history",
+}
+_MIMIC_CUSTOM_SLICE = {
+    "s50525523": (201, 349), "s57564132": (233, 554), "s59982525": (313, 717),
+    "s53488209": (149, 475), "s54875119": (234, 988), "s50196495": (59, 399),
+    "s56579911": (59, 218), "s52648681": (292, 631), "s59889364": (172, 453),
+    "s53514462": (73, 377), "s59505494": (59, 450), "s53182247": (59, 412),
+    "s51410602": (47, 320), "s56412866": (522, 822), "s54986978": (59, 306),
+    "s59003148": (262, 505), "s57150433": (61, 394), "s56760320": (219, 457),
+    "s59562049": (158, 348), "s52674888": (145, 296), "s55258338": (192, 568),
+    "s59330497": (140, 655), "s52119491": (179, 454), "s58235663": (0, 0), "s50798377": (0, 0),
+    "s54168089": (0, 0), "s53071062": (0, 0), "s56724958": (0, 0), "s54231141": (0, 0),
+    "s53607029": (0, 0),
+}
+MIMIC_PRIORITY = ("impression", "findings", "last_paragraph", "comparison")
+
+
+def _normalize_section_name(name: str) -> str:
+    name = name.lower().strip()
+    if name in _MIMIC_SECTION_NAMES:
+        return _MIMIC_SECTION_NAMES[name]
+    for main in _MIMIC_MAIN_SECTIONS:
+        if main in name:
+            return main
+    return "findings" if _MIMIC_WHOLE_STUDY.search(name) else name
+
+
+def mimic_sections(text: str) -> list[tuple[str, str]]:
+    """Split a report into (normalized name, raw text) sections as the official parser does.
+
+    A header is ``\\n`` + one space + ALL-CAPS name + ``:`` + one whitespace character; the
+    next header is looked for only from the first newline after a section starts. Text before
+    the first header is ``preamble``; no header at all gives one ``full report`` section.
+    Empty impression/findings sections are dropped; if neither remains, everything after the
+    first `` `` blank line of the last section becomes ``last_paragraph``.
+    """
+    match = _MIMIC_HEADER.search(text)
+    if match is None:
+        sections = [("full report", text)]
+    else:
+        sections = [("preamble", text[:match.start(1)])]
+        while match:
+            name, start = match.group(1), match.end()
+            newline = text.find("\n", start)
+            match = _MIMIC_HEADER.search(text, newline if newline != -1 else start)
+            sections.append((name, text[start:match.start() if match else len(text)]))
+    sections = [(_normalize_section_name(n), body) for n, body in sections]
+    sections = [(n, body) for n, body in sections if not (n in ("impression", "findings") and not body.strip())]
+    names = {n for n, _ in sections}
+    if "impression" not in names and "findings" not in names and "\n \n" in sections[-1][1]:
+        last_name, last_body = sections[-1]
+        first, *rest = last_body.split("\n \n")
+        sections[-1] = (last_name, first)
+        sections.append(("last_paragraph", "\n \n".join(rest)))
+    return sections
+
+
+def _last_section(sections: list[tuple[str, str]], name: str) -> str | None:
+    for n, body in reversed(sections):
+        if n == name:
+            return body.strip()
+    return None
+
+
+def mimic_impression(text: str, study: str | None = None) -> str:
+    """The official MIMIC-CXR selection (create_section_files.py): the last section of the
+    first name present in impression > findings > last_paragraph > comparison, stripped;
+    empty string if none. ``study`` (``s5xxxxxxx``) enables the official per-study overrides
+    (a raw character slice, or a named section for mis-labelled impressions)."""
+    if study in _MIMIC_CUSTOM_SLICE:
+        a, b = _MIMIC_CUSTOM_SLICE[study]
+        return text[a:b]
+    sections = mimic_sections(text)
+    if study in _MIMIC_CUSTOM_SECTION:
+        chosen = _last_section(sections, _MIMIC_CUSTOM_SECTION[study])
+        if chosen is not None:
+            return chosen
+    for name in MIMIC_PRIORITY:
+        chosen = _last_section(sections, name)
+        if chosen is not None:
+            return chosen
+    return ""
+
+
+IMPRESSION_RULES = ("chexzero", "mimic")
+
+
+def extract_impression(text: str, rule: str = "chexzero", study: str | None = None) -> str:
+    """Caption of one report under ``rule``: ``chexzero`` (the original) or ``mimic`` (official
+    parser, whitespace collapsed to single spaces so every caption is one CSV line)."""
+    if rule == "chexzero":
+        return chexzero_impression(text)
+    if rule == "mimic":
+        return " ".join(mimic_impression(text, study).split())
+    raise ValueError(f"unknown impression rule {rule!r}; choose from {IMPRESSION_RULES}")
+
+
+def impressions_for(cxr_paths: Sequence[str], txt_folder: str, rule: str = "chexzero"
+                    ) -> tuple[list[str], list[str]]:
+    """(filename, impression) for every image, one row per image, each report read once."""
+    cache: dict[str, str] = {}
+    filenames, impressions = [], []
+    for cxr_path in cxr_paths:
+        txt = report_path(cxr_path, txt_folder)
+        if txt not in cache:
+            study = Path(txt).stem
+            cache[txt] = extract_impression(read_report(txt), rule, study)
+        filenames.append(Path(txt).name)
+        impressions.append(cache[txt])
+    return filenames, impressions
+
+
+def write_report_csv(cxr_paths: Iterable[str], txt_folder: str, out_path: str, rule: str = "chexzero") -> None:
+    """Write ``filename,impression`` with one row per image, aligned with ``cxr_paths``.
+
+    ``filename`` is the study's report name (``s5xxxxxxx.txt``); images of one study share the
+    caption. A missing report raises FileNotFoundError naming it.
+    """
+    filenames, impressions = impressions_for([str(p) for p in cxr_paths], txt_folder, rule)
+    pd.DataFrame({"filename": filenames, "impression": impressions}).to_csv(out_path, index=False)
+
+
+# --------------------------------------------------------------------------------------
+# PadChest labels
+# --------------------------------------------------------------------------------------
+
+
+_QUOTED = re.compile(r"'([^'\\]*)'")
+_SIMPLE_STR_LIST = re.compile(r"\[\s*(?:'[^'\\]*'\s*(?:,\s*'[^'\\]*'\s*)*)?\]")
+
+
+def parse_padchest_labels(value: object) -> list[str]:
+    """PadChest ``Labels`` cell -> clean label list.
+
+    The cell is a stringified Python list (``['pleural effusion', ' cardiomegaly ']``), ``[]``
+    or NaN. Labels are stripped, inner whitespace collapsed, lower-cased ('COPD signs' ->
+    'copd signs'), empty entries and duplicates dropped. Anything else raises ValueError.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    text = str(value).strip()
+    if not text:
+        return []
+    if _SIMPLE_STR_LIST.fullmatch(text):  # the common case, 20x faster than literal_eval
+        items = _QUOTED.findall(text)
+    else:
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"PadChest Labels cell is not a list: {text[:120]!r}") from None
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+        raise ValueError(f"PadChest Labels cell is not a list of strings: {text[:120]!r}")
+    labels: list[str] = []
+    for s in items:
+        s = " ".join(s.split()).lower()
+        if s and s not in labels:
+            labels.append(s)
+    return labels
