@@ -115,8 +115,9 @@ def _read_image_bytes(path: str) -> bytes:
     """Read an image file, rejecting the failure kinds a decoder would not report.
 
     A JPEG cut short still decodes with OpenCV (libjpeg pads the missing rows with gray and
-    only prints a warning), so completeness is checked on the bytes: a JPEG must end with
-    the EOI marker and a PNG with the IEND chunk.
+    only prints a warning), so completeness is checked on the bytes: a JPEG needs an
+    end-of-image marker after its last start-of-scan (entropy-coded data cannot contain
+    either marker), a PNG needs its IEND chunk at the end.
     """
     try:
         with open(path, "rb") as f:
@@ -127,8 +128,10 @@ def _read_image_bytes(path: str) -> bytes:
         raise ImageDecodeError(f"cannot read file: {e.strerror or e}") from None
     if not data:
         raise ImageDecodeError("zero-byte file")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
-        raise ImageDecodeError("truncated JPEG (no end-of-image marker)")
+    if data[:2] == b"\xff\xd8":
+        start_of_scan = data.rfind(b"\xff\xda")
+        if start_of_scan < 0 or data.rfind(b"\xff\xd9") < start_of_scan:
+            raise ImageDecodeError("truncated JPEG (no end-of-image marker after the scan data)")
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
         raise ImageDecodeError("truncated PNG (no IEND chunk)")
     return data
@@ -323,14 +326,16 @@ def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: in
     tasks = [(i, paths[i], bits[i]) for i in range(n_done, len(paths))]
     zeros = np.zeros((resolution, resolution), dtype=dtype)
 
-    def commit() -> None:
-        f.flush()
-        _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
-                                       "failed": [[x.index, x.path, x.reason] for x in failures]})
-
     with h5py.File(partial_path, "r+") as f, \
             tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
         dset = f[H5_KEY]
+
+        def commit() -> None:
+            """Make the rows written so far durable, then record how far the run got."""
+            f.flush()
+            _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
+                                           "failed": [[x.index, x.path, x.reason] for x in failures]})
+
         for index, pixels, reason in _results(tasks, resolution, fast_decode, num_workers):
             if pixels is None:
                 failures.append(Failure(index, paths[index], reason))

@@ -245,6 +245,8 @@ def plan_chexpert_valid(args: argparse.Namespace) -> Plan:
     if missing_cols:
         raise PreprocessError(f"{csv_file} lacks columns {missing_cols}")
     df = df[df["Frontal/Lateral"].astype(str).str.strip() == "Frontal"].reset_index(drop=True)
+    if df.empty:
+        raise PreprocessError(f"no Frontal rows in {csv_file}")
     # Path starts with the release folder (CheXpert-v1.0-small/valid/...), so it is relative
     # to the folder above valid.csv's own folder.
     base = csv_file.parent.parent if Path(df["Path"].iloc[0]).parts[0] == csv_file.parent.name else csv_file.parent

@@ -131,7 +131,7 @@ def test_broken_files_raise_with_a_reason(tmp_path, kind, reason):
         path.write_bytes(data[: len(data) // 2])
         assert cv2.imread(str(path)) is not None
     elif kind == "garbage_jpg":     # a JPEG header followed by noise
-        path.write_bytes(good_jpg.read_bytes()[:200] + os.urandom(3000))
+        path.write_bytes(good_jpg.read_bytes()[:200] + np.random.default_rng(0).bytes(3000))
     elif kind == "truncated_png":
         path = tmp_path / "cut.png"
         data = good_png.read_bytes()

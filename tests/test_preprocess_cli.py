@@ -97,7 +97,7 @@ def test_mimic_rows_align_and_failures_are_listed(mimic, tmp_path):
         np.testing.assert_array_equal(cxr[row], dp.load_cxr(path))
     failed = pd.read_csv(out / "failed_images.csv")
     assert [Path(p).stem for p in failed["Path"]] == ["g4", "e3"]
-    assert failed["reason"].tolist() == ["truncated JPEG (no end-of-image marker)", "zero-byte file"]
+    assert failed["reason"].tolist() == ["truncated JPEG (no end-of-image marker after the scan data)", "zero-byte file"]
     assert not list(out.glob("*.partial*")) and not list(out.glob("*.tmp"))
 
 
