@@ -1,0 +1,231 @@
+"""Training throughput: the original CheXzero loop against ours, per precision/compile setting.
+
+Prints the device, then one row per setting: pairs/s (data loading included), peak memory
+and model FLOP utilisation. Synthetic data (smooth uint8 images, report-like captions) is
+generated once into a temporary folder; nothing is downloaded.
+
+    python bench/train.py                                   # CPU: original vs fp32 vs fp32+compile, ViT-B/32, B=16
+    python bench/train.py --device cuda --batch_size 256 --settings fp32,amp_bf16,amp_bf16+compile --loader
+
+Settings: ``original`` is the original loop (per-image float32 h5 reads, per-sample CPU
+normalise + resize, the tokenizer rebuilt every batch, no workers, fp32); the others are
+``train.py``'s path (uint8 batch reads in workers, device-side transform, cached tokens)
+at a precision, optionally ``+compile``.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import clip  # noqa: E402
+import train  # noqa: E402
+from model import CLIP, MODEL_CONFIGS  # noqa: E402
+from simple_tokenizer import SimpleTokenizer  # noqa: E402
+
+PHRASES = ["no acute cardiopulmonary process", "small left pleural effusion", "moderate cardiomegaly",
+           "mild pulmonary edema", "right lower lobe consolidation", "bibasilar atelectasis",
+           "endotracheal tube terminates 4 cm above the carina", "no pneumothorax", "stable mediastinal contours"]
+
+
+def make_data(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
+    """uint8 and float32 h5 files of n smooth 320x320 images, and a caption CSV."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (8, 40, 40)).astype(np.float32)
+    tiles = torch.nn.functional.interpolate(torch.from_numpy(base)[:, None], size=(320, 320), mode="bilinear")[:, 0]
+    uint8 = folder / "cxr_uint8.h5"
+    float32 = folder / "cxr_float32.h5"
+    with h5py.File(uint8, "w") as fu, h5py.File(float32, "w") as ff:
+        du = fu.create_dataset("cxr", (n, 320, 320), dtype="uint8", chunks=(1, 320, 320))
+        df = ff.create_dataset("cxr", (n, 320, 320), dtype="float32")
+        for start in range(0, n, 256):
+            stop = min(n, start + 256)
+            block = (tiles[np.arange(start, stop) % 8].numpy() + rng.normal(0, 8, (stop - start, 320, 320)))
+            block = block.clip(0, 255).astype(np.uint8)
+            du[start:stop] = block
+            df[start:stop] = block
+    captions = [" ".join(rng.choice(PHRASES, size=3, replace=False)) for _ in range(n)]
+    csv = folder / "impressions.csv"
+    pd.DataFrame({"filename": [f"s{i}.txt" for i in range(n)], "impression": captions}).to_csv(csv, index=False)
+    return uint8, float32, csv
+
+
+def flops_per_pair(model: CLIP, device: torch.device) -> float:
+    """FLOPs of one forward + backward per image-caption pair, counted by PyTorch."""
+    res = model.visual.input_resolution
+    images = torch.randn(2, 3, res, res, device=device)
+    tokens = torch.randint(1, 49405, (2, model.context_length), device=device)
+    tokens[:, -1] = 49407
+    with FlopCounterMode(display=False) as counter:
+        train.clip_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def original_loop(model: CLIP, float32_h5: Path, csv: Path, config: Namespace, device: torch.device):
+    """The original's loop: yields after every optimizer step."""
+    dataset = train.CXRDataset(str(float32_h5), str(csv), column="impression",
+                               transform=clip.cxr_transform(model.visual.input_resolution))
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    while True:
+        for batch in loader:
+            tokenizer = SimpleTokenizer()                       # rebuilt every batch, as the original
+            rows = [[tokenizer.encoder["<|startoftext|>"]] + tokenizer.encode(t) + [tokenizer.encoder["<|endoftext|>"]]
+                    for t in batch["txt"]]
+            texts = torch.zeros(len(rows), model.context_length, dtype=torch.long)
+            for i, row in enumerate(rows):
+                row = row[:model.context_length]
+                row[-1] = tokenizer.encoder["<|endoftext|>"]
+                texts[i, :len(row)] = torch.tensor(row)
+            images, texts = batch["img"].to(device), texts.to(device)
+            per_image, per_text = model(images, texts)
+            labels = torch.arange(len(images), device=device)
+            loss = (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            yield len(images)
+
+
+def our_loop(model: CLIP, uint8_h5: Path, csv: Path, config: Namespace, precision: str, compiled: bool,
+             device: torch.device):
+    """train.py's step with its data path; yields after every optimizer step."""
+    run_config = Namespace(device=str(device), precision=precision, optimizer="sgd", lr=1e-4, momentum=0.9,
+                           weight_decay=None, gather_with_grad=False, local_loss=False, grad_clip=None,
+                           clamp_logit_scale=False)
+    rt = train.setup_runtime(run_config)
+    optimizer = train.make_optimizer(run_config, model, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.use_scaler)
+    net = train.Features(model)
+    if compiled:
+        net = torch.compile(net)
+    tokens = train.caption_tokens(csv, model.context_length)
+    images = str(uint8_h5)
+    n = len(tokens)
+    epoch = 0
+    while True:
+        batches = train.epoch_batches(n, config.batch_size, epoch, seed=0)
+        loader = DataLoader(train.PairBatches(images, tokens, batches), batch_size=None,
+                            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+        for imgs, txt in loader:
+            imgs = train.device_transform(imgs.to(device, non_blocking=True), model.visual.input_resolution)
+            train.train_step(net, model, [(imgs, txt.to(device, non_blocking=True))], optimizer, scaler, run_config, rt)
+            yield imgs.shape[0]
+        epoch += 1
+
+
+def measure(steps_iter, warmup: int, steps: int, device: torch.device) -> float:
+    """pairs/s over ``steps`` steps after ``warmup`` steps."""
+    for _ in range(warmup):
+        next(steps_iter)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, pairs = time.perf_counter(), 0
+    for _ in range(steps):
+        pairs += next(steps_iter)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return pairs / (time.perf_counter() - start)
+
+
+def loader_rate(uint8_h5: Path, csv: Path, config: Namespace, device: torch.device, resolution: int) -> float:
+    """Images/s of the input pipeline alone (read, transfer, device transform)."""
+    tokens = train.caption_tokens(csv, 77)
+    batches = train.epoch_batches(len(tokens), config.batch_size, 0, seed=0)
+    loader = DataLoader(train.PairBatches(str(uint8_h5), tokens, batches), batch_size=None,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda", prefetch_factor=4
+                        if config.num_workers else None)
+    start, n = time.perf_counter(), 0
+    for imgs, _ in loader:
+        out = train.device_transform(imgs.to(device, non_blocking=True), resolution)
+        n += out.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20     # process peak RSS (KiB -> GiB)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model_config", default="vit-b-32", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--settings", default=None,
+                   help="comma list of original, fp32, amp_bf16, amp_fp16, each optionally +compile "
+                        "(default: CPU original,fp32,fp32+compile; CUDA fp32,amp_bf16,amp_bf16+compile)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per setting")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per setting (compile happens here)")
+    p.add_argument("--images", type=int, default=None, help="synthetic images (default: enough for one pass)")
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--loader", action="store_true", help="also time the input pipeline alone")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="peak dense bf16 TFLOP/s for MFU (default 790 on H100/H200, the figure the project "
+                        "plans with and that an 8192^3 bf16 matmul reaches there; none on CPU)")
+    config = p.parse_args()
+    device = torch.device(config.device)
+    cuda = device.type == "cuda"
+    settings = (config.settings or ("fp32,amp_bf16,amp_bf16+compile" if cuda else "original,fp32,fp32+compile")).split(",")
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    peak = config.peak_tflops or (790.0 if cuda and ("H100" in name or "H200" in name) else None)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    n = config.images or config.batch_size * (config.warmup + config.steps)
+    print(f"device: {name}; torch {torch.__version__}; model {config.model_config}; batch {config.batch_size}; "
+          f"{n} synthetic images; {config.num_workers} loader workers", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        uint8_h5, float32_h5, csv = make_data(Path(tmp), n)
+        torch.manual_seed(0)
+        flops = flops_per_pair(CLIP(**MODEL_CONFIGS[config.model_config]).to(device), device)
+        print(f"model FLOPs per pair (forward + backward): {flops / 1e9:.1f} GFLOP"
+              + (f"; MFU against {peak:.0f} TFLOP/s" if peak else ""), flush=True)
+        print(f"{'setting':<22}{'pairs/s':>10}{'peak mem GiB':>14}{'MFU':>8}", flush=True)
+        results = {}
+        for setting in settings:
+            precision, _, compiled = setting.partition("+")
+            torch.manual_seed(0)
+            model = CLIP(**MODEL_CONFIGS[config.model_config]).to(device).train()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            if precision == "original":
+                steps = original_loop(model, float32_h5, csv, config, device)
+            else:
+                steps = our_loop(model, uint8_h5, csv, config, precision, bool(compiled), device)
+            rate = measure(steps, config.warmup, config.steps, device)
+            results[setting] = rate
+            mfu = f"{100 * rate * flops / (peak * 1e12):.1f}%" if peak else "n/a"
+            print(f"{setting:<22}{rate:>10.1f}{peak_memory_gib(device):>14.2f}{mfu:>8}", flush=True)
+            del steps, model
+            if cuda:
+                torch.cuda.empty_cache()
+        if "original" in results:
+            best = max((r, s) for s, r in results.items() if s != "original")
+            print(f"fastest ({best[1]}) vs original: {best[0] / results['original']:.2f}x", flush=True)
+        if config.loader:
+            resolution = MODEL_CONFIGS[config.model_config]["image_resolution"]
+            print(f"input pipeline alone: {loader_rate(uint8_h5, csv, config, device, resolution):.0f} images/s",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
