@@ -226,7 +226,7 @@ def test_run_zero_shot_with_alt_labels_maps_to_the_main_truth_column(tmp_path, i
 def test_ensemble_is_the_mean_probability_and_reuses_its_cache(tmp_path, images, monkeypatch) -> None:
     paths = [save_clip(tmp_path / "b.pt", seed=1), save_clip(tmp_path / "a.pt", seed=2)]
     cache = tmp_path / "cache"
-    preds, avg = zs.ensemble_models(paths, images, LABELS, PAIR, cache_dir=cache, batch_size=5)
+    preds, avg = zs.ensemble_models(paths, images, LABELS, PAIR, cache_dir=cache, batch_size=5, device="cpu")
     direct = [direct_probabilities(zs.load_clip(p, None, device="cpu"), images, LABELS) for p in sorted(paths)]
     for got, want in zip(preds, direct):  # sorted by path: a.pt first
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
