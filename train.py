@@ -534,50 +534,52 @@ def train(config: Namespace) -> Path:
 
     running, window_start, window_pairs = [], time.perf_counter(), 0
     progress = tqdm(total=total_steps, initial=step, desc="training", disable=not rt.is_main)
-    while step < total_steps:
-        batches = epoch_batches(n_images, config.batch_size, epoch, config.seed, rt.rank, rt.world)
-        remaining = len(batches) - batch_in_epoch
-        loader = DataLoader(PairBatches(images, tokens, batches[batch_in_epoch:]), batch_size=None, shuffle=False,
-                            num_workers=config.num_workers, pin_memory=rt.device.type == "cuda",
-                            persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, (imgs, txt) in enumerate(loader):
-            pending.append((device_transform(imgs.to(rt.device, non_blocking=True), resolution),
-                            txt.to(rt.device, non_blocking=True)))
-            if len(pending) < config.accum_freq and i < remaining - 1:
-                continue
-            loss = train_step(net, model, pending, optimizer, scaler, config, rt)
-            scheduler.step()
-            step += 1
-            batch_in_epoch += len(pending)
-            running.append(loss)
-            window_pairs += sum(img.shape[0] for img, _ in pending) * rt.world
-            pending = []
-            progress.update(1)
+    # One loader for the whole run (workers live as long as the run), over the batches that
+    # remain: epoch by epoch, each from the sampler's seeded order, starting where a resume left.
+    plan = [(e, b, idx) for e in range(epoch, config.epochs)
+            for b, idx in enumerate(epoch_batches(n_images, config.batch_size, e, config.seed, rt.rank, rt.world))
+            if e > epoch or b >= batch_in_epoch]
+    per_epoch = len(epoch_batches(n_images, config.batch_size, 0, config.seed, rt.rank, rt.world))
+    loader = DataLoader(PairBatches(images, tokens, [idx for _, _, idx in plan]), batch_size=None, shuffle=False,
+                        num_workers=config.num_workers, pin_memory=rt.device.type == "cuda",
+                        prefetch_factor=4 if config.num_workers else None)
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for (e, b, _), (imgs, txt) in zip(plan, loader):
+        pending.append((device_transform(imgs.to(rt.device, non_blocking=True), resolution),
+                        txt.to(rt.device, non_blocking=True)))
+        end_of_epoch = b == per_epoch - 1
+        if len(pending) < config.accum_freq and not end_of_epoch:
+            continue
+        loss = train_step(net, model, pending, optimizer, scaler, config, rt)
+        scheduler.step()
+        step += 1
+        epoch, batch_in_epoch = (e + 1, 0) if end_of_epoch else (e, b + 1)
+        running.append(loss)
+        window_pairs += sum(img.shape[0] for img, _ in pending) * rt.world
+        pending = []
+        progress.update(1)
 
-            val_auc = ""
-            is_val_step = bool(config.val_cxr_filepath and config.val_interval and step % config.val_interval == 0)
-            if is_val_step and val is not None:
-                val_auc = f"{validate():.4f}"
-            if step % config.log_interval == 0 or is_val_step or step == total_steps:
-                mean_loss = torch.stack(running).mean()
-                if rt.world > 1:
-                    dist.all_reduce(mean_loss)
-                    mean_loss /= rt.world
-                rate = window_pairs / (time.perf_counter() - window_start)
-                if rt.is_main:
-                    progress.set_postfix(loss=f"{mean_loss.item():.3f}", pairs_s=f"{rate:.1f}")
-                    with open(metrics_path, "a", newline="") as f:
-                        csv.writer(f).writerow([step, epoch, f"{mean_loss.item():.6f}", f"{scheduler.get_last_lr()[0]:.3g}",
-                                                f"{model.logit_scale.item():.6f}", f"{rate:.2f}", val_auc])
-                running, window_start, window_pairs = [], time.perf_counter(), 0
-            if rt.is_main and step % config.save_interval == 0:
-                save_state(f"checkpoint_{step}.pt", f"checkpoint_{step}.state")
-                rotate_periodic()
-            if step >= total_steps:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
+        val_auc = ""
+        is_val_step = bool(config.val_cxr_filepath and config.val_interval and step % config.val_interval == 0)
+        if is_val_step and val is not None:
+            val_auc = f"{validate():.4f}"
+        if step % config.log_interval == 0 or is_val_step or step == total_steps:
+            mean_loss = torch.stack(running).mean()
+            if rt.world > 1:
+                dist.all_reduce(mean_loss)
+                mean_loss /= rt.world
+            rate = window_pairs / (time.perf_counter() - window_start)
+            if rt.is_main:
+                progress.set_postfix(loss=f"{mean_loss.item():.3f}", pairs_s=f"{rate:.1f}")
+                with open(metrics_path, "a", newline="") as f:
+                    csv.writer(f).writerow([step, e, f"{mean_loss.item():.6f}", f"{scheduler.get_last_lr()[0]:.3g}",
+                                            f"{model.logit_scale.item():.6f}", f"{rate:.2f}", val_auc])
+            running, window_start, window_pairs = [], time.perf_counter(), 0
+        if rt.is_main and step % config.save_interval == 0:
+            save_state(f"checkpoint_{step}.pt", f"checkpoint_{step}.state")
+            rotate_periodic()
+        if step >= total_steps:
+            break
     progress.close()
 
     final = run_dir / "checkpoint.pt"

@@ -41,22 +41,23 @@ PHRASES = ["no acute cardiopulmonary process", "small left pleural effusion", "m
            "endotracheal tube terminates 4 cm above the carina", "no pneumothorax", "stable mediastinal contours"]
 
 
-def make_data(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
-    """uint8 and float32 h5 files of n smooth 320x320 images, and a caption CSV."""
+def make_data(folder: Path, n: int, with_float32: bool, seed: int = 0) -> tuple[Path, Path, Path]:
+    """uint8 (and, for the original loop, float32) h5 files of n smooth 320x320 images, and a
+    caption CSV."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (8, 40, 40)).astype(np.float32)
     tiles = torch.nn.functional.interpolate(torch.from_numpy(base)[:, None], size=(320, 320), mode="bilinear")[:, 0]
     uint8 = folder / "cxr_uint8.h5"
     float32 = folder / "cxr_float32.h5"
-    with h5py.File(uint8, "w") as fu, h5py.File(float32, "w") as ff:
+    with h5py.File(uint8, "w") as fu:
         du = fu.create_dataset("cxr", (n, 320, 320), dtype="uint8", chunks=(1, 320, 320))
-        df = ff.create_dataset("cxr", (n, 320, 320), dtype="float32")
         for start in range(0, n, 256):
             stop = min(n, start + 256)
             block = (tiles[np.arange(start, stop) % 8].numpy() + rng.normal(0, 8, (stop - start, 320, 320)))
-            block = block.clip(0, 255).astype(np.uint8)
-            du[start:stop] = block
-            df[start:stop] = block
+            du[start:stop] = block.clip(0, 255).astype(np.uint8)
+    if with_float32:                                    # the original's h5 layout: float32, contiguous
+        with h5py.File(uint8, "r") as fu, h5py.File(float32, "w") as ff:
+            ff.create_dataset("cxr", data=fu["cxr"][:].astype(np.float32))
     captions = [" ".join(rng.choice(PHRASES, size=3, replace=False)) for _ in range(n)]
     csv = folder / "impressions.csv"
     pd.DataFrame({"filename": [f"s{i}.txt" for i in range(n)], "impression": captions}).to_csv(csv, index=False)
@@ -114,19 +115,17 @@ def our_loop(model: CLIP, uint8_h5: Path, csv: Path, config: Namespace, precisio
     if compiled:
         net = torch.compile(net)
     tokens = train.caption_tokens(csv, model.context_length)
-    images = str(uint8_h5)
-    n = len(tokens)
-    epoch = 0
-    while True:
-        batches = train.epoch_batches(n, config.batch_size, epoch, seed=0)
-        loader = DataLoader(train.PairBatches(images, tokens, batches), batch_size=None,
-                            num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
-        for imgs, txt in loader:
-            imgs = train.device_transform(imgs.to(device, non_blocking=True), model.visual.input_resolution)
-            train.train_step(net, model, [(imgs, txt.to(device, non_blocking=True))], optimizer, scaler, run_config, rt)
-            yield imgs.shape[0]
+    batches, epoch = [], 0
+    while len(batches) < config.warmup + config.steps:      # one loader for the whole run, as train.py
+        batches += train.epoch_batches(len(tokens), config.batch_size, epoch, seed=0)
         epoch += 1
+    loader = DataLoader(train.PairBatches(str(uint8_h5), tokens, batches), batch_size=None,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if config.num_workers else None)
+    for imgs, txt in loader:
+        imgs = train.device_transform(imgs.to(device, non_blocking=True), model.visual.input_resolution)
+        train.train_step(net, model, [(imgs, txt.to(device, non_blocking=True))], optimizer, scaler, run_config, rt)
+        yield imgs.shape[0]
 
 
 def measure(steps_iter, warmup: int, steps: int, device: torch.device) -> float:
@@ -159,6 +158,26 @@ def loader_rate(uint8_h5: Path, csv: Path, config: Namespace, device: torch.devi
     return n / (time.perf_counter() - start)
 
 
+def parity(uint8_h5: Path, csv: Path, config: Namespace, device: torch.device) -> None:
+    """bf16 autocast loss against fp32 on one fixed batch, and the device transform against the
+    original per-sample CPU transform."""
+    torch.manual_seed(0)
+    model = CLIP(**MODEL_CONFIGS[config.model_config]).to(device)
+    tokens = train.caption_tokens(csv, model.context_length)
+    images, texts = train.PairBatches(str(uint8_h5), tokens, [np.arange(min(64, len(tokens)))])[0]
+    resolution = model.visual.input_resolution
+    on_device = train.device_transform(images.to(device), resolution)
+    per_sample = torch.stack([clip.cxr_transform(resolution)(img.float()[None].repeat(3, 1, 1)) for img in images])
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            losses[dtype] = train.clip_loss(*train.Features(model)(on_device, texts.to(device))).item()
+    rel = abs(losses[torch.bfloat16] - losses[None]) / abs(losses[None])
+    print(f"parity: fp32 loss {losses[None]:.5f}, bf16 autocast loss {losses[torch.bfloat16]:.5f}, relative "
+          f"difference {rel:.2e} (target < 1e-2); device transform vs per-sample CPU transform: max abs "
+          f"difference {(on_device.cpu() - per_sample).abs().max().item():.2e} (target <= 1e-5)", flush=True)
+
+
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -178,6 +197,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=None, help="synthetic images (default: enough for one pass)")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--loader", action="store_true", help="also time the input pipeline alone")
+    p.add_argument("--parity", action="store_true", help="check bf16 loss and device transform parity first")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="peak dense bf16 TFLOP/s for MFU (default 790 on H100/H200, the figure the project "
                         "plans with and that an 8192^3 bf16 matmul reaches there; none on CPU)")
@@ -194,13 +214,15 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; model {config.model_config}; batch {config.batch_size}; "
           f"{n} synthetic images; {config.num_workers} loader workers", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        uint8_h5, float32_h5, csv = make_data(Path(tmp), n)
+        uint8_h5, float32_h5, csv = make_data(Path(tmp), n, with_float32="original" in settings)
+        if config.parity:
+            parity(uint8_h5, csv, config, device)
         torch.manual_seed(0)
         flops = flops_per_pair(CLIP(**MODEL_CONFIGS[config.model_config]).to(device), device)
         print(f"model FLOPs per pair (forward + backward): {flops / 1e9:.1f} GFLOP"
               + (f"; MFU against {peak:.0f} TFLOP/s" if peak else ""), flush=True)
         print(f"{'setting':<22}{'pairs/s':>10}{'peak mem GiB':>14}{'MFU':>8}", flush=True)
-        results = {}
+        results, failed = {}, []
         for setting in settings:
             precision, _, compiled = setting.partition("+")
             torch.manual_seed(0)
@@ -211,7 +233,12 @@ def main() -> None:
                 steps = original_loop(model, float32_h5, csv, config, device)
             else:
                 steps = our_loop(model, uint8_h5, csv, config, precision, bool(compiled), device)
-            rate = measure(steps, config.warmup, config.steps, device)
+            try:
+                rate = measure(steps, config.warmup, config.steps, device)
+            except Exception as err:   # one broken setting must not hide the others' figures
+                failed.append(setting)
+                print(f"{setting:<22} failed: {type(err).__name__}: {str(err)[:300]}", flush=True)
+                continue
             results[setting] = rate
             mfu = f"{100 * rate * flops / (peak * 1e12):.1f}%" if peak else "n/a"
             print(f"{setting:<22}{rate:>10.1f}{peak_memory_gib(device):>14.2f}{mfu:>8}", flush=True)
@@ -225,6 +252,8 @@ def main() -> None:
             resolution = MODEL_CONFIGS[config.model_config]["image_resolution"]
             print(f"input pipeline alone: {loader_rate(uint8_h5, csv, config, device, resolution):.0f} images/s",
                   flush=True)
+    if failed:
+        sys.exit(f"failed settings: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
