@@ -7,9 +7,10 @@ sigmoid(s+ - s-); an ensemble averages these probabilities over checkpoints.
 
 The public functions keep the original names, signatures and meaning. What is faster than the
 original: each image is encoded once per model and scored against all positive and negative text
-embeddings at once; images are loaded in batches (with worker processes on a GPU machine); all
-prompts are encoded in one pass per model; the architecture is built locally (no download); the
-test images are opened once per ensemble, not once per checkpoint.
+embeddings at once; all prompts are encoded in one pass per model; the architecture is built
+locally (no download); an ensemble reads the images as stored (uint8) in contiguous batches, one
+loader for all checkpoints (worker processes on a GPU machine), and normalises and resizes them
+batched on the model's device.
 
 Beyond the original, as named options: ``prompt_style="negation_aware"`` (a correct negative for
 labels that are already negations, such as "No Finding", whose AUROC the original inverts), and
@@ -66,24 +67,16 @@ TEXT_CHUNK = 256  # prompts encoded per forward pass
 
 
 # --------------------------------------------------------------------------- data
-class CXRTestDataset(data.Dataset):
-    """Images of an HDF5 file (dataset ``cxr``, (N, H, W), uint8 or float32, values 0-255).
+class _LazyH5(data.Dataset):
+    """The ``cxr`` images of an HDF5 file, opened lazily once per process, so that DataLoader
+    workers (forked or spawned) each read through their own handle."""
 
-    Item i is ``{'img': float32 tensor [3, H, W]}``: the image repeated on 3 channels, then
-    ``transform``. The file is opened lazily, once per process, so that DataLoader workers
-    (forked or spawned) each read through their own handle.
-    """
-
-    def __init__(self, img_path: str | Path, transform: nn.Module | None = None) -> None:
+    def __init__(self, img_path: str | Path) -> None:
         super().__init__()
         self.img_path = str(img_path)
-        self.transform = transform
-        self._length = h5_length(self.img_path)
+        self.n_images = h5_length(self.img_path)
         self._file: h5py.File | None = None
         self._pid: int | None = None
-
-    def __len__(self) -> int:
-        return self._length
 
     def _images(self) -> h5py.Dataset:
         if self._file is None or self._pid != os.getpid():
@@ -96,6 +89,21 @@ class CXRTestDataset(data.Dataset):
         state["_file"] = None  # open handles do not pickle (spawned workers)
         return state
 
+
+class CXRTestDataset(_LazyH5):
+    """Images of an HDF5 file (dataset ``cxr``, (N, H, W), uint8 or float32, values 0-255).
+
+    Item i is ``{'img': float32 tensor [3, H, W]}``: the image repeated on 3 channels, then
+    ``transform``.
+    """
+
+    def __init__(self, img_path: str | Path, transform: nn.Module | None = None) -> None:
+        super().__init__(img_path)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.n_images
+
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         if torch.is_tensor(idx):
             idx = idx.item()
@@ -104,6 +112,29 @@ class CXRTestDataset(data.Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return {"img": img}
+
+
+class H5Batches(_LazyH5):
+    """Consecutive batches of raw images, one h5 read each: item b is ``{'img': [B, 1, H, W]}`` in the
+    file's dtype (uint8 or float32, values 0-255), rows b*B to (b+1)*B - 1.
+
+    For :func:`image_features` with ``transform``: the bytes that travel are the stored pixels (uint8
+    is 12x less than a normalised 3-channel float image), and the transform runs batched on the
+    model's device instead of per image in the workers.
+    """
+
+    def __init__(self, img_path: str | Path, batch_size: int = 64) -> None:
+        super().__init__(img_path)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-self.n_images // self.batch_size)
+
+    def __getitem__(self, batch: int) -> dict[str, torch.Tensor]:
+        if not 0 <= batch < len(self):
+            raise IndexError(batch)
+        start = batch * self.batch_size
+        return {"img": torch.from_numpy(self._images()[start:start + self.batch_size]).unsqueeze(1)}
 
 
 def h5_length(cxr_filepath: str | Path) -> int:
@@ -124,19 +155,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _workers(num_workers: int | None, device: torch.device) -> int:
+    """None: 0 on the CPU (the model needs every core; reading is a small share there), else up to 8."""
+    if num_workers is not None:
+        return num_workers
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
 def make_loader(cxr_filepath: str | Path, image_resolution: int, batch_size: int = 32,
                 num_workers: int | None = None, device: torch.device | str | None = None) -> data.DataLoader:
-    """Batched, ordered loader of the h5 images with the CheXzero transform for ``image_resolution``.
-
-    ``num_workers=None`` picks 0 on the CPU (the model needs every core; reading is ~1% of the
-    time there) and up to 8 worker processes when feeding a GPU.
-    """
+    """Ordered loader of model-ready images (:class:`CXRTestDataset` with the CheXzero transform for
+    ``image_resolution``), for :func:`run_softmax_eval` and :func:`predict`."""
     device = torch.device(device) if device is not None else default_device()
-    if num_workers is None:
-        num_workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     dataset = CXRTestDataset(cxr_filepath, transform=clip.cxr_transform(image_resolution))
-    return data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    return data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=_workers(num_workers, device),
                            pin_memory=device.type == "cuda")
+
+
+def raw_loader(cxr_filepath: str | Path, batch_size: int = 64, num_workers: int | None = None,
+               device: torch.device | str | None = None) -> data.DataLoader:
+    """Ordered loader of raw image batches (:class:`H5Batches`); pass ``transform`` to the scoring
+    functions with it. One loader serves models of any input resolution."""
+    device = torch.device(device) if device is not None else default_device()
+    return data.DataLoader(H5Batches(cxr_filepath, batch_size), batch_size=None, shuffle=False,
+                           num_workers=_workers(num_workers, device), pin_memory=device.type == "cuda")
 
 
 # --------------------------------------------------------------------------- model
@@ -198,17 +240,21 @@ def _text_embeddings(model: nn.Module, texts_per_class: Sequence[Sequence[str]],
     return F.normalize(class_means, dim=-1).t()
 
 
-def image_features(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]],
-                   progress: bool = False) -> torch.Tensor:
+def image_features(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], progress: bool = False,
+                   transform: nn.Module | None = None) -> torch.Tensor:
     """(N, embed_dim) L2-normalised fp32 image embeddings on the model's device, in loader order.
 
-    Batches are dicts with key ``'img'``, of any batch size.
+    Batches are dicts with key ``'img'``, of any batch size: model-ready images, or with
+    ``transform`` raw 0-255 pixels [B, 1 or 3, H, W] (:func:`raw_loader`) that are replicated to
+    3 channels and transformed on the model's device.
     """
     device = _device(model)
     features = []
     with _inference(model):
         for batch in tqdm(loader, desc="images", unit="batch", disable=not progress, leave=False):
             images = batch["img"].to(device, non_blocking=True)
+            if transform is not None:
+                images = transform(images.float().expand(-1, 3, -1, -1))
             features.append(F.normalize(model.encode_image(images).float(), dim=-1))
     if not features:
         raise ValueError("the loader yielded no images")
@@ -288,14 +334,15 @@ def run_single_prediction(cxr_labels: Sequence[str], template: str, model: nn.Mo
 
 def run_softmax_eval(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], eval_labels: Sequence[str],
                      pair_template: Sequence[str], context_length: int = 77, *, prompt_style: str = "chexzero",
-                     progress: bool = False) -> np.ndarray:
+                     transform: nn.Module | None = None, progress: bool = False) -> np.ndarray:
     """(N, C) float32 p = exp(s+) / (exp(s+) + exp(s-)) for ``pair_template`` = (positive, negative).
 
     Runs on the model's device, encodes each image once, takes loaders of any batch size whose
-    batches are dicts with key ``'img'``; no file I/O, and the model's train/eval mode is restored
-    (the training loop calls this for validation).
+    batches are dicts with key ``'img'`` (raw pixels with ``transform``, see :func:`image_features`);
+    no file I/O, and the model's train/eval mode is restored (the training loop calls this for
+    validation).
     """
-    features = image_features(model, loader, progress=progress)
+    features = image_features(model, loader, progress=progress, transform=transform)
     return _pair_probabilities(model, features, *prompt_texts(eval_labels, pair_template, prompt_style),
                                context_length=context_length)
 
@@ -409,7 +456,7 @@ def cache_key(model_path: str | Path, cxr_filepath: str | Path, prompts: tuple[l
 def ensemble_models(model_paths: Iterable[str | Path], cxr_filepath: str | Path, cxr_labels: Sequence[str],
                     cxr_pair_template: Sequence[str], cache_dir: str | Path | None = None,
                     save_name: str | None = None, *, prompt_style: str = "chexzero",
-                    pretrained: bool | None = None, context_length: int = 77, batch_size: int = 32,
+                    pretrained: bool | None = None, context_length: int = 77, batch_size: int = 64,
                     num_workers: int | None = None, device: torch.device | str | None = None
                     ) -> tuple[list[np.ndarray], np.ndarray]:
     """Zero-shot predictions of each checkpoint (sorted by path) and their mean probability.
@@ -425,7 +472,7 @@ def ensemble_models(model_paths: Iterable[str | Path], cxr_filepath: str | Path,
         raise ValueError("ensemble_models got no checkpoint paths")
     prompts = prompt_texts(cxr_labels, cxr_pair_template, prompt_style)
     device = torch.device(device) if device is not None else default_device()
-    loaders: dict[int, data.DataLoader] = {}  # one per input resolution, shared by the models
+    loader = raw_loader(cxr_filepath, batch_size, num_workers, device)  # shared by the models
     predictions = []
     for path in tqdm(model_paths, desc="models", unit="model"):
         cache_path = None
@@ -439,10 +486,8 @@ def ensemble_models(model_paths: Iterable[str | Path], cxr_filepath: str | Path,
                 predictions.append(np.load(cache_path))
                 continue
         model = load_clip(path, pretrained, context_length, device=device)
-        resolution = model.visual.input_resolution
-        if resolution not in loaders:
-            loaders[resolution] = make_loader(cxr_filepath, resolution, batch_size, num_workers, device)
-        features = image_features(model, loaders[resolution], progress=True)
+        transform = clip.cxr_transform(model.visual.input_resolution)
+        features = image_features(model, loader, progress=True, transform=transform)
         y_pred = _pair_probabilities(model, features, *prompts, context_length=context_length)
         log.info("%s: predicted %d images x %d labels", Path(path).name, *y_pred.shape)
         if cache_path is not None:

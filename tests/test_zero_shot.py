@@ -111,6 +111,19 @@ def test_run_softmax_eval_restores_train_mode_and_leaves_no_grad(images) -> None
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_raw_batches_transformed_on_the_device_score_like_per_image_transforms(tmp_path, images) -> None:
+    model = small_clip()
+    per_image = zs.run_softmax_eval(model, zs.make_loader(images, 32, batch_size=4, num_workers=0), LABELS, PAIR)
+    for path in (images, write_h5(tmp_path / "f32.h5", dtype=np.float32)):  # same pixels stored as float32
+        batches = zs.raw_loader(path, batch_size=5, num_workers=0)
+        assert [tuple(b["img"].shape) for b in batches] == [(5, 1, 320, 320), (5, 1, 320, 320), (2, 1, 320, 320)]
+        raw = zs.run_softmax_eval(model, batches, LABELS, PAIR, transform=clip.cxr_transform(32))
+        np.testing.assert_allclose(raw, per_image, rtol=0, atol=1e-6)
+    with_workers = torch.cat([b["img"] for b in zs.raw_loader(images, batch_size=5, num_workers=2)])
+    with h5py.File(images, "r") as f:
+        np.testing.assert_array_equal(with_workers[:, 0].numpy(), f["cxr"][:])
+
+
 def test_dataset_reads_uint8_and_float32_alike_and_with_workers(tmp_path) -> None:
     as_uint8 = write_h5(tmp_path / "u8.h5", n=6)
     as_float = write_h5(tmp_path / "f32.h5", n=6, dtype=np.float32)
