@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min_positives", type=int, default=None,
                    help="drop labels with fewer test positives (default: 50 for padchest, 0 for chexpert)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=64, help="images per batch (default 64; 256 suits a GPU)")
     p.add_argument("--num_workers", type=int, default=None,
                    help="loader processes (default: 0 on the CPU, up to 8 with a GPU)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
