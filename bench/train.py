@@ -119,7 +119,11 @@ def our_loop(model: CLIP, uint8_h5: Path, csv: Path, config: Namespace, precisio
     while len(batches) < config.warmup + config.steps:      # one loader for the whole run, as train.py
         batches += train.epoch_batches(len(tokens), config.batch_size, epoch, seed=0)
         epoch += 1
-    loader = DataLoader(train.PairBatches(str(uint8_h5), tokens, batches), batch_size=None,
+    images: str | np.ndarray = str(uint8_h5)
+    if config.data_in_memory:
+        with h5py.File(uint8_h5, "r") as f:
+            images = f["cxr"][:]
+    loader = DataLoader(train.PairBatches(images, tokens, batches), batch_size=None,
                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if config.num_workers else None)
     for imgs, txt in loader:
@@ -197,6 +201,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=None, help="synthetic images (default: enough for one pass)")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--loader", action="store_true", help="also time the input pipeline alone")
+    p.add_argument("--data_in_memory", action="store_true", help="our settings read the images from RAM, as "
+                   "run_train.py --data_in_memory")
     p.add_argument("--parity", action="store_true", help="check bf16 loss and device transform parity first")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="peak dense bf16 TFLOP/s for MFU (default 790 on H100/H200, the figure the project "
