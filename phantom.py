@@ -109,9 +109,9 @@ MIMIC_TRAIN_TARGETS = {
 MESH_TO_CHEXPERT: dict[str, tuple[str, ...]] = {
     "Cardiomegaly": ("Cardiomegaly",),
     "Cardiac Shadow/enlarged": ("Cardiomegaly",),
-    "Mediastinum/prominent": ("Enlarged Cardiomediastinum",),
-    "Mediastinum/enlarged": ("Enlarged Cardiomediastinum",),
-    "Mediastinum/widened": ("Enlarged Cardiomediastinum",),
+    "Mediastinum/prominent": ("Enl. Cardiomediastinum",),
+    "Mediastinum/enlarged": ("Enl. Cardiomediastinum",),
+    "Mediastinum/widened": ("Enl. Cardiomediastinum",),
     "Pulmonary Atelectasis": ("Atelectasis",),
     "Pleural Effusion": ("Pleural Effusion",),
     "Costophrenic Angle/blunted": ("Pleural Effusion",),
@@ -771,10 +771,10 @@ def anatomy_with(a: Anatomy, findings: list[Finding], rng: np.random.Generator) 
 
 # ---- findings drawn on a frontal film: one function per finding ------------------------------
 
-def lobe_region(c: Canvas, side: int, zone: str, softness: float = 0.04) -> np.ndarray:
+def lobe_region(c: Canvas, side: int, zone: str, softness: float = 0.04, grow: float = 0.0) -> np.ndarray:
     """The part of one lung in a zone (upper: above the horizontal fissure level; middle:
-    perihilar / middle lobe / lingula; lower: the bases)."""
-    low, high = ZONES[zone]
+    perihilar / middle lobe / lingula; lower: the bases), optionally `grow`n up and down."""
+    low, high = ZONES[zone][0] - grow, ZONES[zone][1] + grow
     return c.lung[side] * ramp(c.v - low * c.lh, softness * c.lh) * ramp(high * c.lh - c.v, softness * c.lh)
 
 
@@ -834,11 +834,11 @@ def edema(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
 
 
 def airspace_opacity(c: Canvas, f: Finding, rng: np.random.Generator, density: float,
-                     coverage: dict[int, float], softness: float, bronchograms: int) -> None:
+                     coverage: dict[int, float], softness: float, bronchograms: int, grow: float = 0.0) -> None:
     """Shared by consolidation, pneumonia and lung opacity: a patch of a lobe whose air is
     replaced by fluid or cells."""
     for side in SIDES[f.side]:
-        region = lobe_region(c, side, f.zone, softness=0.02 if f.zone == "upper" else 0.05)
+        region = lobe_region(c, side, f.zone, softness=0.02 if f.zone == "upper" else 0.05, grow=grow)
         patch = patch_in(c, region, rng, coverage[f.severity], softness)
         c.air *= 1.0 - density * patch * (0.85 + 0.15 * np.tanh(c.noise(rng, 30)))
         if bronchograms:
@@ -846,8 +846,8 @@ def airspace_opacity(c: Canvas, f: Finding, rng: np.random.Generator, density: f
 
 
 def consolidation(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
-    """Dense lobar opacity with air bronchograms, sharp at the fissure."""
-    airspace_opacity(c, f, rng, density=0.95, coverage={1: 0.8, 2: 0.9, 3: 1.0}, softness=0.3, bronchograms=4)
+    """Dense lobar opacity filling most of a lobe, with air bronchograms, sharp at the fissure."""
+    airspace_opacity(c, f, rng, density=0.95, coverage={1: 0.8, 2: 0.9, 3: 1.0}, softness=0.3, bronchograms=4, grow=0.06)
 
 
 def pneumonia(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
@@ -874,7 +874,7 @@ def atelectasis(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> 
         bands = cv2.GaussianBlur(bands, (0, 0), 0.012 * c.pose.scale + 0.5)
         c.air *= 1.0 - 0.9 * bands * c.lung[side]
         if f.severity == 3:
-            wedge = {"upper": [(0.1, 0.02), (0.62, 0.05), (0.12, 0.42)],
+            wedge = {"upper": [(0.12, 0.02), (0.75, 0.08), (0.15, 0.45)],
                      "middle": [(0.12, 0.45), (0.6, 0.6), (0.15, 0.82)],
                      "lower": [(0.08, 0.5), (0.18, 1.0), (0.5, 1.0)]}[f.zone]
             triangle = c.fill([(side * x, t * c.lh) for x, t in wedge], blur=0.02)
@@ -1004,29 +1004,35 @@ def lateral_body(c: Canvas, a: Anatomy) -> None:
 
 
 def lateral_lungs(c: Canvas, a: Anatomy) -> None:
-    """Both lungs superimposed, each with its own hemidiaphragm (lowest in the posterior
-    costophrenic sulcus); the right dome sits higher, so two domes show."""
+    """Both lungs superimposed, bell-shaped (narrow apex, deep base), each with its own
+    hemidiaphragm, lowest in the posterior costophrenic sulcus; the right dome sits higher, so
+    two domes show."""
     depth = a.ap_depth
     s = (c.u + depth) / (2 * depth)  # 0 anterior, 1 posterior
-    top = 0.04 * c.lh + 0.18 * c.lh * ((c.u - 0.1 * depth) / depth) ** 2
+    t = np.sqrt(np.clip(c.v / c.lh, 0.0, 1.0))
+    front, back = -0.92 * depth * (0.45 + 0.55 * t), 0.95 * depth * (0.6 + 0.4 * t)
     for side in (RIGHT, LEFT):
         raise_ = (a.raise_right + a.right_dome_raise) if side == RIGHT else a.raise_left
         diaphragm = c.lh * (0.8 + 0.2 * s ** 2 - raise_)
-        mask = ramp(c.u + 0.92 * depth, 0.02) * ramp(0.95 * depth - c.u, 0.02) * ramp(c.v - top, 0.02) * ramp(diaphragm - c.v, 0.012)
+        mask = ramp(c.u - front, 0.02) * ramp(back - c.u, 0.02) * ramp(c.v - 0.03 * c.lh, 0.03) * ramp(diaphragm - c.v, 0.012)
         c.lung[side] = mask
         c.geometry[side] = {"s": s, "diaphragm": diaphragm}
         c.air += 0.5 * mask
 
 
 def lateral_heart(c: Canvas, a: Anatomy) -> None:
-    """The heart in the anterior-inferior chest, touching the lower sternum; it grows backwards
-    over the retrocardiac space when enlarged."""
+    """The heart in the anterior-inferior chest against the lower sternum, its long axis tilted
+    down and forwards; it grows backwards over the retrocardiac space when enlarged."""
     grow = a.ctr / 0.45
     depth = a.ap_depth
-    half_width, half_height = 0.6 * depth * grow, 0.17 * c.lh * grow ** 0.5
-    center = (-0.5 * depth + half_width * 0.8, c.lh * (0.84 - a.dome_height) - 0.45 * half_height)
-    mask = c.ellipse(center, (half_width, half_height), edge=0.03)
-    c.heart = (center[0], center[1], half_width, half_height)
+    major, minor = 0.62 * depth * grow, 0.13 * c.lh * grow ** 0.5
+    center = (-0.45 * depth + 0.75 * major, c.lh * (0.84 - a.dome_height) - 0.6 * minor)
+    tilt = math.radians(25.0)
+    du, dv = c.u - center[0], c.v - center[1]
+    along = du * math.cos(tilt) + dv * math.sin(tilt)
+    across = -du * math.sin(tilt) + dv * math.cos(tilt)
+    mask = ramp(1.0 - np.sqrt((along / major) ** 2 + (across / minor) ** 2), 0.03 / minor)
+    c.heart = (center[0], center[1], major, minor)
     c.air *= 1.0 - mask
     c.soft += 0.04 * mask
 
@@ -1251,8 +1257,10 @@ def write_image(job: ImageJob) -> None:
     Path(job.path).write_bytes(data)
 
 
-def _worker_init() -> None:
-    cv2.setNumThreads(1)
+def pool(workers: int):
+    """A pool of `workers` fresh processes (spawned, not forked: a fork inherits OpenCV's and
+    torch's thread-pool locks and can deadlock), each with single-threaded OpenCV."""
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,))
 
 
 def write_images(jobs: list[ImageJob], workers: int) -> None:
@@ -1262,7 +1270,7 @@ def write_images(jobs: list[ImageJob], workers: int) -> None:
         for job in tqdm(jobs, desc="images", unit="img"):
             write_image(job)
         return
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as p:
+    with pool(workers) as p:
         for _ in tqdm(p.imap_unordered(write_image, jobs, chunksize=8), total=len(jobs), desc="images", unit="img"):
             pass
 
@@ -1403,7 +1411,9 @@ def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dic
             while any(k in report_edges[e] and not test(report) for e, test in needs.items()):
                 report = reports[int(study_rng.choice(len(reports), p=weights))]
             findings = findings_of_report(report, study_rng)
-            procedure, views, _ = PROTOCOLS[int(study_rng.choice(len(PROTOCOLS), p=[x[2] for x in PROTOCOLS]))]
+            # the first studies use each protocol once, so that even a small root has every ViewPosition
+            protocol = k if k < len(PROTOCOLS) else int(study_rng.choice(len(PROTOCOLS), p=[x[2] for x in PROTOCOLS]))
+            procedure, views, _ = PROTOCOLS[protocol]
             day += int(study_rng.integers(1, 400))
             date = (np.datetime64("2110-01-01") + np.timedelta64(day, "D")).astype(str).replace("-", "")
             folder = f"p{str(subject)[:2]}/p{subject}/s{study}"
@@ -1643,34 +1653,115 @@ def _render_thumbnail(job: tuple) -> np.ndarray:
 
 def learnability(n: int = 600, seed: int = 0, size: int = 64, workers: int | None = None) -> dict[str, dict[str, float]]:
     """Held-out AUROC, per competition finding, of (a) logistic regression on `size` x `size`
-    pixels and (b) mean image intensity alone, on `n` frontal phantoms (half to train, half to
-    test). Labels follow the CheXpert test prevalences except that each competition finding is
-    present in 35% of studies, so that each has enough positives."""
+    pixels (each image standardised, as a network's input would be) and (b) mean image intensity
+    alone, on `n` frontal phantoms: two thirds to train, one third held out. Label sets are IU
+    reports re-weighted so that each competition finding is in 35% of studies (enough positives);
+    the other findings keep their IU co-occurrence."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     rng = np.random.default_rng([seed, 8])
-    targets = {**CHEXPERT_TEST_PREVALENCE, **{label: 0.35 for label in COMPETITION}}
-    rows = sample_label_rows(n, targets, rng)
+    rows = sample_label_rows(n, {label: 0.35 for label in COMPETITION}, rng)
     reports = iu_reports()
     jobs = [(seed, i, findings_for_labels(labels, reports[r], rng), size) for i, (r, labels) in enumerate(rows)]
-    with pool(workers) as p:
+    with pool(workers or os.cpu_count() or 1) as p:
         images = np.stack(list(p.map(_render_thumbnail, jobs, chunksize=8)))
     x = images.reshape(n, -1)
     x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
-    train, test = np.arange(n) < n // 2, np.arange(n) >= n // 2
+    train, test = np.arange(n) < 2 * n // 3, np.arange(n) >= 2 * n // 3
     scaler = StandardScaler().fit(x[train])
     result = {}
     for label in COMPETITION:
         y = np.array([label in labels for _, labels in rows])
-        model = LogisticRegression(C=0.002, max_iter=3000).fit(scaler.transform(x[train]), y[train])
+        model = LogisticRegression(C=0.001, max_iter=3000).fit(scaler.transform(x[train]), y[train])
         logreg = roc_auc_score(y[test], model.decision_function(scaler.transform(x[test])))
         brightness = roc_auc_score(y[test], images[test].mean(axis=(1, 2)))
         result[label] = {"logreg_auroc": round(float(logreg), 4), "mean_intensity_auroc": round(float(brightness), 4)}
     return result
 
 
-def pool(workers: int | None):
-    """A process pool (fork) of `workers` processes (default: all cores)."""
-    return multiprocessing.get_context("fork").Pool(workers or os.cpu_count() or 1)
+# ----------------------------------------------------------------------------------------------
+# 6. Contact sheet and CLI
+# ----------------------------------------------------------------------------------------------
+
+CONTACT_SHEET_CASES = [
+    ("normal", []),
+    ("Cardiomegaly (severe)", [Finding("Cardiomegaly", 3)]),
+    ("Effusion (R, moderate)", [Finding("Pleural Effusion", 2, "right")]),
+    ("Effusion (bilateral, small)", [Finding("Pleural Effusion", 1, "bilateral")]),
+    ("Edema (moderate)", [Finding("Edema", 2)]),
+    ("Consolidation (RUL)", [Finding("Consolidation", 3, "right", "upper")]),
+    ("Consolidation (LLL)", [Finding("Consolidation", 2, "left", "lower")]),
+    ("Atelectasis (L, plate-like)", [Finding("Atelectasis", 2, "left", "lower")]),
+    ("Atelectasis (R, lobar)", [Finding("Atelectasis", 3, "right", "upper")]),
+    ("Pneumothorax (R, large)", [Finding("Pneumothorax", 3, "right", "upper")]),
+    ("Lung Lesion (L, mass)", [Finding("Lung Lesion", 3, "left", "upper")]),
+    ("Enl. Cardiomediastinum", [Finding("Enl. Cardiomediastinum", 3)]),
+    ("Fracture (R rib)", [Finding("Fracture", 3, "right")]),
+    ("Support Devices", [Finding("Support Devices", 2, device="pacemaker"), Finding("Support Devices", 2, device="endotracheal_tube"),
+                         Finding("Support Devices", 2, device="enteric_tube"), Finding("Support Devices", 2, device="central_line")]),
+    ("Lung Opacity + Pneumonia", [Finding("Lung Opacity", 2, "left", "middle"), Finding("Pneumonia", 3, "right", "lower")]),
+    ("Cardiomegaly, Edema, Effusion", [Finding("Cardiomegaly", 2), Finding("Edema", 3), Finding("Pleural Effusion", 2, "bilateral")]),
+]
+
+
+def contact_sheet(path: str | Path, seed: int = 0, tile: tuple[int, int] = (172, 208)) -> None:
+    """A grid of frontal phantoms, one per finding, each captioned (docs/phantoms.png); grey
+    levels are posterized to 5 bits to keep the PNG small."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = tile
+    caption = 18
+    columns = 4
+    rows = math.ceil(len(CONTACT_SHEET_CASES) / columns)
+    sheet = Image.new("L", (columns * width, rows * (height + caption)), 0)
+    font = ImageFont.load_default(size=11)
+    draw = ImageDraw.Draw(sheet)
+    for i, (title, findings) in enumerate(CONTACT_SHEET_CASES):
+        rng = np.random.default_rng([seed, 40, i])
+        anatomy = sample_anatomy(rng, female=False)
+        image = render("PA", anatomy, findings, (height, width), rng)
+        x, y = (i % columns) * width, (i // columns) * (height + caption)
+        sheet.paste(Image.fromarray(np.round(np.round(image * 31) * 255 / 31).astype(np.uint8)), (x, y + caption))
+        draw.text((x + 4, y + 3), title, fill=255, font=font)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Writes under --out: mimic-cxr-jpg/2.0.0/{files,mimic-cxr-2.0.0-{metadata,split,chexpert}.csv.gz}, "
+               "mimic-cxr/2.0.0/files (reports), chexpert-test/{groundtruth.csv,test/}, "
+               "chexpert/CheXpert-v1.0-small/{valid.csv,valid/}, padchest/{" + PADCHEST_CSV + ",<ImageDir>/<ImageID>}, "
+               "manifest.json (seed, counts, edge cases).")
+    parser.add_argument("--out", default="data/phantom", help="root folder to write (default: data/phantom)")
+    parser.add_argument("--studies", type=int, default=2000, help="MIMIC-CXR studies (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
+    parser.add_argument("--test_studies", type=int, default=500, help="CheXpert test studies, patients 64741+ (default: 500)")
+    parser.add_argument("--valid_studies", type=int, default=200,
+                        help="CheXpert valid studies, patients 64541-64740 (default and maximum: 200)")
+    parser.add_argument("--padchest_images", type=int, default=300,
+                        help="PadChest rows sampled from the Physician-labelled rows (default: 300)")
+    parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
+    parser.add_argument("--contact_sheet", metavar="PATH",
+                        help="only write a captioned grid of frontal phantoms to PATH (e.g. docs/phantoms.png)")
+    parser.add_argument("--learnability", action="store_true",
+                        help="only print the learnability check: held-out AUROC of logistic regression on 64x64 "
+                             "pixels and of mean intensity, per competition finding, on 600 frontal phantoms")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.contact_sheet:
+        contact_sheet(args.contact_sheet, args.seed)
+        log.info("wrote %s", args.contact_sheet)
+    elif args.learnability:
+        for label, scores in learnability(seed=args.seed, workers=args.workers).items():
+            log.info("%-17s logistic regression AUROC %.3f   mean intensity AUROC %.3f",
+                     label, scores["logreg_auroc"], scores["mean_intensity_auroc"])
+    else:
+        generate(args.out, args.studies, args.seed, args.test_studies, args.valid_studies, args.padchest_images, args.workers)
+
+
+if __name__ == "__main__":
+    main()
