@@ -44,6 +44,7 @@ import tarfile
 import textwrap
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,6 +166,10 @@ NEGATION_KEYWORDS = {
     "Pneumothorax": r"pneumothora",
 }
 NEGATION_CUES = re.compile(r"\b(no|without|negative for|free of)\b")
+#: How an impression names each competition finding; CheXzero trains on the impression only, so
+#: MIMIC studies prefer reports whose impression names their findings.
+MENTION_KEYWORDS = {"Atelectasis": r"atelecta", "Cardiomegaly": r"cardiomegaly|enlarged (heart|cardiac)|heart (size )?is enlarged",
+                    "Consolidation": r"consolidat", "Edema": r"edema|congestion", "Pleural Effusion": r"effusion"}
 
 #: PadChest label -> CheXpert observation (the findings the phantom can draw).
 PADCHEST_TO_CHEXPERT = {
@@ -340,11 +345,12 @@ def positives_matrix(reports: tuple[IUReport, ...]) -> np.ndarray:
     return np.array([[r.positive(label) for label in LABELS] for r in reports], dtype=np.float64)
 
 
-def raking_weights(positives: np.ndarray, targets: dict[str, float], cap: float = 25.0) -> np.ndarray:
-    """Sampling weights over reports whose weighted positive rates approach `targets`
-    (iterative proportional fitting, each weight capped at `cap` x the mean so that a handful
-    of rare reports cannot dominate)."""
-    weights = np.ones(len(positives))
+def raking_weights(positives: np.ndarray, targets: dict[str, float], cap: float = 25.0,
+                   prior: np.ndarray | None = None) -> np.ndarray:
+    """Sampling weights over reports (starting from `prior`) whose weighted positive rates
+    approach `targets` (iterative proportional fitting, each weight capped at `cap` x the mean
+    so that a handful of rare reports cannot dominate)."""
+    weights = np.ones(len(positives)) if prior is None else prior.astype(np.float64).copy()
     for _ in range(60):
         for label, target in targets.items():
             has = positives[:, LABELS.index(label)] > 0
@@ -1326,7 +1332,8 @@ def mimic_report(report: IUReport, procedure: str, rng: np.random.Generator, not
     EXAMINATION / INDICATION / (TECHNIQUE) / COMPARISON / FINDINGS / IMPRESSION, sometimes
     RECOMMENDATION(S) and NOTIFICATION. The flags make the edge cases."""
     impression, recommendation = split_recommendation(deidentify(report.impression))
-    notify = notification_first or rng.random() < 0.06 or report.positive("Pneumothorax")
+    has_impression = bool(impression) and not drop_impression
+    notify = notification_first or (has_impression and (rng.random() < 0.06 or report.positive("Pneumothorax")))
     sections: list[tuple[str, str, bool]] = [("EXAMINATION", procedure, True),
                                              ("INDICATION", deidentify(report.indication) or "___", True)]
     if rng.random() < 0.5:
@@ -1336,7 +1343,7 @@ def mimic_report(report: IUReport, procedure: str, rng: np.random.Generator, not
         sections.append(("FINDINGS", deidentify(report.findings), False))
     if notification_first:
         sections.append(("NOTIFICATION", NOTIFICATION, False))
-    if impression and not drop_impression:
+    if has_impression:
         if two_impressions:
             sections.append(("IMPRESSION", re.split(r"(?<=\.)\s+", impression)[0], False))
         sections.append(("IMPRESSION", impression, False))
@@ -1369,12 +1376,20 @@ def dicom_id(rng: np.random.Generator) -> str:
     return "-".join(f"{x:08x}" for x in rng.integers(0, 2 ** 32, size=5, dtype=np.uint64).tolist())
 
 
+#: What an edge-case study's report must have for the edge case to make sense.
+EDGE_CASE_NEEDS = {"no_impression": lambda r: bool(r.findings and r.impression),
+                   "notification_before_impression": lambda r: bool(r.impression),
+                   "two_impressions": lambda r: len(re.split(r"(?<=\.)\s+", r.impression)) > 1}
+
+
 def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dict]:
     """Plan and write the MIMIC-CXR reports and MIMIC-CXR-JPG CSVs; returns the image jobs and
     the manifest entries (counts and edge cases)."""
     rng = np.random.default_rng([seed, 1])
     reports = iu_reports()
-    weights = raking_weights(positives_matrix(reports), MIMIC_TRAIN_TARGETS)
+    unnamed = [any(r.positive(lab) and not re.search(word, r.impression.lower()) for lab, word in MENTION_KEYWORDS.items())
+               for r in reports]
+    weights = raking_weights(positives_matrix(reports), MIMIC_TRAIN_TARGETS, cap=60.0, prior=np.where(unnamed, 0.25, 1.0))
     jpg_root, txt_root = out / "mimic-cxr-jpg" / "2.0.0", out / "mimic-cxr" / "2.0.0"
 
     per_patient: list[int] = []
@@ -1404,11 +1419,8 @@ def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dic
         day = int(rng.integers(0, 36500))
         for _ in range(n_studies):
             study, study_rng = study_ids[k], np.random.default_rng([seed, 2, k])
-            needs = {"no_impression": lambda r: bool(r.findings and r.impression),
-                     "notification_before_impression": lambda r: bool(r.impression),
-                     "two_impressions": lambda r: len(re.split(r"(?<=\.)\s+", r.impression)) > 1}
             report = reports[int(study_rng.choice(len(reports), p=weights))]
-            while any(k in report_edges[e] and not test(report) for e, test in needs.items()):
+            while any(k in report_edges[e] and not fits(report) for e, fits in EDGE_CASE_NEEDS.items()):
                 report = reports[int(study_rng.choice(len(reports), p=weights))]
             findings = findings_of_report(report, study_rng)
             # the first studies use each protocol once, so that even a small root has every ViewPosition
@@ -1439,7 +1451,7 @@ def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dic
                 hhmmss = int(seconds // 3600) * 10000 + int(seconds % 3600 // 60) * 100 + int(seconds % 60)
                 orientation = "" if not view else ("Recumbent" if view == "AP" and study_rng.random() < 0.6 else "Erect")
                 metadata.append([image_id, subject, study, procedure, view, height, width, date,
-                                 repr(hhmmss + round(seconds % 1, 3)), procedure, VIEW_MEANING[view], orientation])
+                                 repr(round(hhmmss + seconds % 1, 3)), procedure, VIEW_MEANING[view], orientation])
                 split_rows.append([image_id, study, subject, splits[p]])
                 seconds += float(study_rng.integers(20, 90))
             k += 1
@@ -1592,7 +1604,7 @@ def write_padchest(out: Path, n: int, seed: int) -> tuple[list[ImageJob], dict]:
             size = (512, 600)
         if k != missing:
             jobs.append(ImageJob(str(root / row["ImageDir"] / row["ImageID"]), view, padchest_findings(row, row_rng),
-                                 row["PatientSex_DICOM"] == "F", (seed, 32, int(row["PatientID"][-12:] or 0)),
+                                 row["PatientSex_DICOM"] == "F", (seed, 32, zlib.crc32(row["PatientID"].encode())),
                                  (seed, 33, k), size, bits=12, damage="truncated" if k == truncated else ""))
     relative = lambda k: f"padchest/{sample[k][col['ImageDir']]}/{sample[k][col['ImageID']]}"
     return jobs, {"padchest_missing": [relative(missing)] if missing >= 0 else [],
