@@ -367,7 +367,8 @@ def sample_label_rows(n: int, targets: dict[str, float], rng: np.random.Generato
     report (CheXpert test/valid). IU reports are drawn with raking weights on the labels the IU
     collection has enough of (realistic co-occurrence); then every label is brought to its exact
     target count, adding it preferably to studies that already have a pathology and removing it
-    from random studies. No Finding is re-derived. Returns (report index, positive labels) pairs."""
+    from random studies, and pathologies are moved from multi-finding studies to healthy ones
+    until No Finding (re-derived) reaches its target too. Returns (report index, positive labels) pairs."""
     reports = iu_reports()
     positives = positives_matrix(reports)
     rakeable = {lab: t for lab, t in targets.items() if positives[:, LABELS.index(lab)].sum() >= 40}
@@ -388,6 +389,17 @@ def sample_label_rows(n: int, targets: dict[str, float], rng: np.random.Generato
         order = list(rng.permutation(sick)) + list(rng.permutation(healthy))[:spare]
         for i in order[:max(-surplus, 0)]:
             rows[i][1].add(label)
+    # too many healthy studies: move a pathology from a study that has several (counts unchanged)
+    healthy = [i for i, (_, labels) in enumerate(rows) if not labels & set(PATHOLOGIES)]
+    excess = len(healthy) - healthy_goal if "No Finding" in targets else 0
+    for i in list(rng.permutation(healthy))[:max(0, excess)]:
+        donors = [j for j, (_, labels) in enumerate(rows) if len(labels & set(PATHOLOGIES)) > 1]
+        if not donors:
+            break
+        donor = rows[int(rng.choice(donors))][1]
+        moved = str(rng.choice(sorted(donor & set(PATHOLOGIES))))
+        donor.discard(moved)
+        rows[i][1].add(moved)
     for _, labels in rows:
         if not labels & set(PATHOLOGIES):
             labels.add("No Finding")
