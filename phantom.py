@@ -16,7 +16,7 @@ Reading guide:
   3. the drawing: a canvas in body coordinates, one function per anatomical structure, one per
      finding (frontal and lateral views);
   4. the writers for each dataset layout, the edge cases and the manifest;
-  5. the contact sheet, the learnability check and the CLI.
+  5. the learnability check; 6. the contact sheet and the CLI.
 
 Body coordinates (frontal): u runs across the chest in units of the thoracic half-width
 (u = -1 at the inner rib margin of the patient's RIGHT, which is the LEFT of the image, as on a
@@ -411,7 +411,7 @@ def findings_for_labels(labels: set[str], report: IUReport | None, rng: np.rando
     label, a default-drawn finding otherwise."""
     own = [f for f in findings_of_report(report, rng) if f.label in labels] if report else []
     extra = [make_finding(label, rng) for label in sorted(labels)
-             if label not in ("No Finding",) and all(f.label != label for f in own)]
+             if label != "No Finding" and all(f.label != label for f in own)]
     return own + extra
 
 
@@ -814,7 +814,7 @@ def air_bronchograms(c: Canvas, side: int, patch: np.ndarray, rng: np.random.Gen
     inside = np.argwhere(patch > 0.6)
     if len(inside) == 0:
         return
-    hilum = (side * 0.25 + 0.0, 0.45 * c.lh)
+    hilum = (side * 0.25, 0.45 * c.lh)
     tubes = np.zeros(c.shape, np.float32)
     for y, x in inside[rng.integers(0, len(inside), size=count)]:
         end = (float(c.u[y, x]), float(c.v[y, x]))
@@ -1753,13 +1753,23 @@ def contact_sheet(path: str | Path, seed: int = 0, tile: tuple[int, int] = (172,
     sheet.save(path, optimize=True)
 
 
+LAYOUT = """layout written under --out:
+  mimic-cxr-jpg/2.0.0/files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg
+  mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-{metadata,split,chexpert}.csv.gz
+  mimic-cxr/2.0.0/files/pXX/pXXXXXXXX/sXXXXXXXX.txt            (reports)
+  chexpert-test/groundtruth.csv
+  chexpert-test/test/patientNNNNN/study1/view1_frontal.jpg      (+ some view2_lateral.jpg)
+  chexpert/CheXpert-v1.0-small/valid.csv
+  chexpert/CheXpert-v1.0-small/valid/patientNNNNN/study1/*.jpg
+  padchest/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv
+  padchest/<ImageDir>/<ImageID>                                  (16-bit PNG, 12-bit values)
+  manifest.json                                                  (seed, counts, edge cases)"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Writes under --out: mimic-cxr-jpg/2.0.0/{files,mimic-cxr-2.0.0-{metadata,split,chexpert}.csv.gz}, "
-               "mimic-cxr/2.0.0/files (reports), chexpert-test/{groundtruth.csv,test/}, "
-               "chexpert/CheXpert-v1.0-small/{valid.csv,valid/}, padchest/{" + PADCHEST_CSV + ",<ImageDir>/<ImageID>}, "
-               "manifest.json (seed, counts, edge cases).")
+        epilog=LAYOUT)
     parser.add_argument("--out", default="data/phantom", help="root folder to write (default: data/phantom)")
     parser.add_argument("--studies", type=int, default=2000, help="MIMIC-CXR studies (default: 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
