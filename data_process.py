@@ -336,6 +336,7 @@ def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: in
         def commit() -> None:
             """Make the rows written so far durable, then record how far the run got."""
             f.flush()
+            os.fsync(f.id.get_vfd_handle())
             _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
                                            "failed": [[x.index, x.path, x.reason] for x in failures]})
 
