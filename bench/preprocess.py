@@ -92,7 +92,8 @@ def main() -> None:
         diff = np.abs(exact - fast)
         content = exact > 0     # the resized image, not the zero padding (identical in both)
         print(f"fast_decode vs exact: max |diff| {diff.max()}, mean {diff.mean():.3f} over all pixels, "
-              f"{diff[content].mean():.3f} over image pixels; {100 * (diff > 2).mean():.2f}% of pixels differ by more than 2")
+              f"{diff[content].mean():.3f} over image pixels; "
+              f"{100 * (diff > 2).mean():.2f}% of pixels differ by more than 2")
         print(f"load average after the runs {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(tmp)

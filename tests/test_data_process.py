@@ -350,7 +350,8 @@ def write_reports(root: Path, cases: dict[str, str]) -> list[str]:
 
 @pytest.mark.parametrize("slash", ["", "/"])
 def test_write_report_csv_one_row_per_image(tmp_path, slash):
-    images = write_reports(tmp_path, {"s50000001": REPORTS["1_standard"][0], "s50000002": REPORTS["7_notification_first"][0]})
+    images = write_reports(tmp_path, {"s50000001": REPORTS["1_standard"][0],
+                                      "s50000002": REPORTS["7_notification_first"][0]})
     images.insert(1, images[0].replace("0a1b.jpg", "ffff.jpg"))  # a second image of the first study
     out = tmp_path / "imp.csv"
     dp.write_report_csv(images, str(tmp_path / "reports") + slash, str(out))

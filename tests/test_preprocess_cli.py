@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -97,7 +96,8 @@ def test_mimic_rows_align_and_failures_are_listed(mimic, tmp_path):
         np.testing.assert_array_equal(cxr[row], dp.load_cxr(path))
     failed = pd.read_csv(out / "failed_images.csv")
     assert [Path(p).stem for p in failed["Path"]] == ["g4", "e3"]
-    assert failed["reason"].tolist() == ["truncated JPEG (no end-of-image marker after the scan data)", "zero-byte file"]
+    assert failed["reason"].tolist() == ["truncated JPEG (no end-of-image marker after the scan data)",
+                                         "zero-byte file"]
     assert not list(out.glob("*.partial*")) and not list(out.glob("*.tmp"))
 
 
@@ -218,7 +218,8 @@ def test_chexpert_valid_frontal_rows_in_csv_order(tmp_path):
                                                ("patient64542", "view1_frontal", "Frontal")]):
         rel = f"CheXpert-v1.0-small/valid/{patient}/study1/{view}.jpg"
         jpg(root / rel, 100, 120, seed=k)
-        rows.append({"Path": rel, "Sex": "Male", "Age": 50, "Frontal/Lateral": side, "AP/PA": "AP" if side == "Frontal" else "",
+        rows.append({"Path": rel, "Sex": "Male", "Age": 50, "Frontal/Lateral": side,
+                     "AP/PA": "AP" if side == "Frontal" else "",
                      **{label: float((k + j) % 2) for j, label in enumerate(cli.CHEXPERT_LABELS)}})
     pd.DataFrame(rows).to_csv(root / "CheXpert-v1.0-small" / "valid.csv", index=False)
 
