@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test clean-venv
+DEMO_SCALE ?= full
+
+.PHONY: venv test demo clean-venv
 
 # (Re)create the virtual environment when requirements.txt changes.
 $(VENV)/.stamp: requirements.txt
@@ -16,6 +18,11 @@ venv: $(VENV)/.stamp
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# The phantom pipeline end to end: data -> preprocessing -> training -> zero-shot AUROC.
+# DEMO_SCALE=smoke runs the same sequence on a tiny set; DEMO_ARGS=--force rebuilds everything.
+demo: venv
+	$(PY) demo.py --scale $(DEMO_SCALE) $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
