@@ -284,8 +284,12 @@ class CLIP(nn.Module):
         return self.visual(image.type(self.dtype))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """Text embeddings (not normalised), taken at the EOT token (the largest id)."""
-        x = self.token_embedding(text).type(self.dtype) + self.positional_embedding.type(self.dtype)
+        """Text embeddings (not normalised), taken at the EOT token (the largest id).
+
+        ``text`` may be shorter than the context length (padding trimmed): the mask is causal,
+        so positions after EOT never influence it and the result is the same.
+        """
+        x = self.token_embedding(text).type(self.dtype) + self.positional_embedding[: text.shape[1]].type(self.dtype)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
 

@@ -305,7 +305,15 @@ class Features(nn.Module):
         self.clip = model
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.clip.encode_image(images), self.clip.encode_text(texts), self.clip.logit_scale
+        return self.clip.encode_image(images), self.clip.encode_text(trim_padding(texts)), self.clip.logit_scale
+
+
+def trim_padding(texts: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Drop the padding columns that follow every caption's EOT (rounded up to ``multiple``
+    columns, so a compiled model sees few distinct shapes). Exact under the causal mask, and
+    most captions are far shorter than 77 tokens."""
+    length = int(texts.argmax(dim=-1).max()) + 1
+    return texts[:, : min(texts.shape[1], -(-length // multiple) * multiple)]
 
 
 # =========================================================================== runtime

@@ -127,3 +127,13 @@ def test_build_model_vit_and_resnet_roundtrip() -> None:
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.encode_image(image), resnet.encode_image(image))
     assert model_config(rebuilt.state_dict())["vision_layers"] == (1, 2, 1, 1)
+
+
+def test_trimmed_padding_gives_the_same_text_features() -> None:
+    import train
+    model = small_clip()
+    tokens = clip.tokenize(["small left pleural effusion", "no acute process", "a"])
+    trimmed = train.trim_padding(tokens)
+    assert trimmed.shape == (3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(tokens), rtol=1e-5, atol=1e-6)
