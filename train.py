@@ -298,14 +298,21 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
 
 class Features(nn.Module):
     """CLIP seen as one forward returning (image features, text features, logit_scale), so
-    that DDP and torch.compile wrap the whole training computation."""
+    that DDP and torch.compile wrap the whole training computation.
 
-    def __init__(self, model: CLIP) -> None:
+    ``trim_text`` drops caption padding first (exact, see :func:`trim_padding`); it is off
+    under torch.compile, where a data-dependent length breaks the graph.
+    """
+
+    def __init__(self, model: CLIP, trim_text: bool = True) -> None:
         super().__init__()
         self.clip = model
+        self.trim_text = trim_text
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.clip.encode_image(images), self.clip.encode_text(trim_padding(texts)), self.clip.logit_scale
+        if self.trim_text:
+            texts = trim_padding(texts)
+        return self.clip.encode_image(images), self.clip.encode_text(texts), self.clip.logit_scale
 
 
 def trim_padding(texts: torch.Tensor, multiple: int = 8) -> torch.Tensor:
@@ -497,7 +504,7 @@ def train(config: Namespace) -> Path:
         if rt.is_main:
             log.info("Resumed from %s at step %d (epoch %d, batch %d)", state["weights"], step, epoch, batch_in_epoch)
 
-    net: nn.Module = Features(model)
+    net: nn.Module = Features(model, trim_text=not config.compile)
     if rt.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if config.compile:

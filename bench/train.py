@@ -111,7 +111,7 @@ def our_loop(model: CLIP, uint8_h5: Path, csv: Path, config: Namespace, precisio
     rt = train.setup_runtime(run_config)
     optimizer = train.make_optimizer(run_config, model, device)
     scaler = torch.amp.GradScaler(device.type, enabled=rt.use_scaler)
-    net = train.Features(model)
+    net = train.Features(model, trim_text=not compiled)
     if compiled:
         net = torch.compile(net)
     tokens = train.caption_tokens(csv, model.context_length)
