@@ -37,11 +37,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 import clip
+from eval import COMPETITION_LABELS
 from model import CLIP, MODEL_CONFIGS
 
 log = logging.getLogger(__name__)
-
-COMPETITION_LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
 
 # =========================================================================== model
