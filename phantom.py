@@ -719,8 +719,13 @@ def humeral_heads(c: Canvas, a: Anatomy) -> None:
 def lung_markings(c: Canvas, a: Anatomy, rng: np.random.Generator) -> None:
     """Branching vessels, densest at the hila and tapering towards the periphery, over a fine
     parenchymal texture."""
-    ridges = sharpen(np.clip(1.0 - 1.6 * np.abs(c.noise(rng, 16)), 0.0, 1.0))
     hilum_distance = np.sqrt((np.abs(c.u - a.shift) - 0.27) ** 2 + (c.v - 0.42 * c.lh) ** 2)
+    vessel_tree(c, rng, hilum_distance)
+
+
+def vessel_tree(c: Canvas, rng: np.random.Generator, hilum_distance: np.ndarray) -> None:
+    """Ridged noise fading with distance from the hila (both views), plus parenchymal texture."""
+    ridges = sharpen(np.clip(1.0 - 1.6 * np.abs(c.noise(rng, 16)), 0.0, 1.0))
     c.vessels += ridges * np.exp(-hilum_distance / 0.5) + 0.25 * c.noise(rng, 45)
     c.soft += 0.03 * c.noise(rng, 5)
 
@@ -1097,10 +1102,7 @@ def lateral_ribs(c: Canvas, a: Anatomy) -> None:
 
 def lateral_markings(c: Canvas, a: Anatomy, rng: np.random.Generator) -> None:
     """Branching vessels around the hilum."""
-    ridges = sharpen(np.clip(1.0 - 1.6 * np.abs(c.noise(rng, 16)), 0.0, 1.0))
-    hilum_distance = np.sqrt(c.u ** 2 + (c.v - 0.45 * c.lh) ** 2)
-    c.vessels += ridges * np.exp(-hilum_distance / 0.5) + 0.25 * c.noise(rng, 45)
-    c.soft += 0.03 * c.noise(rng, 5)
+    vessel_tree(c, rng, np.sqrt(c.u ** 2 + (c.v - 0.45 * c.lh) ** 2))
 
 
 def draw_lateral_anatomy(c: Canvas, a: Anatomy, rng: np.random.Generator) -> None:
