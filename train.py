@@ -299,27 +299,40 @@ class Features(nn.Module):
     """CLIP seen as one forward returning (image features, text features, logit_scale), so
     that DDP and torch.compile wrap the whole training computation.
 
-    ``trim_text`` drops caption padding first (exact, see :func:`trim_padding`); it is off
-    under torch.compile, where a data-dependent length breaks the graph.
+    ``trim_text`` encodes the captions in ``text_groups`` groups of similar length, each cut
+    after its longest caption's EOT (exact, see :func:`encode_text_by_length`); it is off
+    under torch.compile, where data-dependent shapes break the graph.
     """
 
-    def __init__(self, model: CLIP, trim_text: bool = True) -> None:
+    def __init__(self, model: CLIP, trim_text: bool = True, text_groups: int = 4) -> None:
         super().__init__()
         self.clip = model
         self.trim_text = trim_text
+        self.text_groups = text_groups
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.trim_text:
-            texts = trim_padding(texts)
-        return self.clip.encode_image(images), self.clip.encode_text(texts), self.clip.logit_scale
+            text_features = encode_text_by_length(self.clip, texts, self.text_groups)
+        else:
+            text_features = self.clip.encode_text(texts)
+        return self.clip.encode_image(images), text_features, self.clip.logit_scale
 
 
 def trim_padding(texts: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     """Drop the padding columns that follow every caption's EOT (rounded up to ``multiple``
-    columns, so a compiled model sees few distinct shapes). Exact under the causal mask, and
-    most captions are far shorter than 77 tokens."""
+    columns, so few distinct shapes occur). Exact under the causal mask."""
     length = int(texts.argmax(dim=-1).max()) + 1
     return texts[:, : min(texts.shape[1], -(-length // multiple) * multiple)]
+
+
+def encode_text_by_length(model: CLIP, texts: torch.Tensor, groups: int = 4) -> torch.Tensor:
+    """``model.encode_text(texts)``, computed in ``groups`` groups of captions sorted by length,
+    each trimmed by :func:`trim_padding`. Impressions are mostly short (median ~14 tokens) but
+    nearly every batch holds one of ~77, so one trim for the whole batch still spends most of
+    the text tower on padding; grouping cuts that ~2-3x. Rows come back in the input order."""
+    order = torch.argsort(texts.argmax(dim=-1), stable=True)
+    parts = [model.encode_text(trim_padding(texts[idx])) for idx in order.tensor_split(groups) if len(idx)]
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 # =========================================================================== runtime
