@@ -40,6 +40,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import tarfile
 import textwrap
 import time
@@ -1628,12 +1629,36 @@ def write_padchest(out: Path, n: int, seed: int) -> tuple[list[ImageJob], dict]:
 
 # ---- everything --------------------------------------------------------------------------------
 
+#: What a phantom root holds: the only entries ``overwrite`` may delete.
+ROOT_ENTRIES = {"mimic-cxr-jpg", "mimic-cxr", "chexpert-test", "chexpert", "padchest", "manifest.json"}
+
+
+def clear_root(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (a second phantom written over a first one would leave the
+    first one's files for preprocessing to find: two datasets mixed), or with ``overwrite``
+    delete it, but only if it holds nothing except a phantom root's entries."""
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} is not empty ({', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}): "
+                              "writing phantoms over an earlier root would mix the two datasets. Choose an empty "
+                              "folder, or pass --overwrite to delete this one first.")
+    strangers = [name for name in entries if name not in ROOT_ENTRIES]
+    if strangers:
+        raise FileExistsError(f"{out} holds files that are not part of a phantom root ({', '.join(strangers[:5])}); "
+                              "not deleting it. Choose an empty folder.")
+    shutil.rmtree(out)
+
+
 def generate(out: str | Path, studies: int = 2000, seed: int = 0, test_studies: int = 500, valid_studies: int = 200,
-             padchest_images: int = 300, workers: int | None = None) -> dict:
-    """Write the whole phantom root (see the module docstring and --help) and return the
-    manifest, also saved as <out>/manifest.json. The same seed gives byte-identical files."""
+             padchest_images: int = 300, workers: int | None = None, overwrite: bool = False) -> dict:
+    """Write the whole phantom root (see the module docstring and --help) into an empty or new
+    folder (``overwrite``: replace an earlier phantom root) and return the manifest, also saved
+    as <out>/manifest.json. The same seed gives byte-identical files."""
     out = Path(out)
     start = time.time()
+    clear_root(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     mimic_jobs, manifest = write_mimic(out, studies, seed)
     test_jobs = write_chexpert_test(out, test_studies, seed)
@@ -1781,6 +1806,8 @@ def main() -> None:
     parser.add_argument("--padchest_images", type=int, default=300,
                         help="PadChest rows sampled from the Physician-labelled rows (default: 300)")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier phantom root at --out first (a non-empty --out is refused otherwise)")
     parser.add_argument("--contact_sheet", metavar="PATH",
                         help="only write a captioned grid of frontal phantoms to PATH (e.g. docs/phantoms.png)")
     parser.add_argument("--learnability", action="store_true",
@@ -1796,7 +1823,8 @@ def main() -> None:
             log.info("%-17s logistic regression AUROC %.3f   mean intensity AUROC %.3f",
                      label, scores["logreg_auroc"], scores["mean_intensity_auroc"])
     else:
-        generate(args.out, args.studies, args.seed, args.test_studies, args.valid_studies, args.padchest_images, args.workers)
+        generate(args.out, args.studies, args.seed, args.test_studies, args.valid_studies, args.padchest_images,
+                 args.workers, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -235,5 +235,22 @@ def test_findings_are_learnable_and_not_a_brightness_shortcut():
 def test_cli_help_documents_every_flag():
     text = subprocess.run([sys.executable, str(ROOT / "phantom.py"), "-h"], capture_output=True, text=True, check=True).stdout
     for flag in ("--out", "--studies", "--seed", "--test_studies", "--valid_studies", "--padchest_images", "--workers",
-                 "--contact_sheet", "--learnability"):
+                 "--contact_sheet", "--learnability", "--overwrite"):
         assert flag in text
+
+
+def test_a_second_root_is_not_written_over_the_first(tmp_path):
+    """Leftover files of an earlier root would be preprocessed as part of the new one."""
+    (tmp_path / "mimic-cxr-jpg").mkdir()
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="is not empty .*--overwrite"):
+        phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1)
+    assert (tmp_path / "manifest.json").read_text() == "{}"
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not part of a phantom root \\(notes.txt\\)"):
+        phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1, overwrite=True)
+    (tmp_path / "notes.txt").unlink()
+    manifest = phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1,
+                                overwrite=True)
+    assert manifest["counts"]["mimic_studies"] == 3
+    assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["mimic_studies"] == 3
