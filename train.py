@@ -482,6 +482,12 @@ def train(config: Namespace) -> Path:
     random.seed(config.seed)
     run_dir = Path(config.save_dir) / config.model_name
     run_dir.mkdir(parents=True, exist_ok=True)
+    earlier = sorted(p.name for pattern in ("checkpoint*.pt", "best_*.pt") for p in run_dir.glob(pattern))
+    if earlier and not config.resume:
+        # A fresh run would overwrite some of them and leave the rest to be mistaken for its own.
+        raise FileExistsError(f"{run_dir} already holds an earlier run's checkpoints ({', '.join(earlier[:3])}"
+                              f"{' ...' if len(earlier) > 3 else ''}). Continue it with --resume latest, or train "
+                              "into another --model_name / --save_dir, or delete the folder.")
 
     n_images = h5_rows(config.cxr_filepath)
     tokens = caption_tokens(config.txt_filepath, config.context_length)

@@ -188,3 +188,11 @@ def test_device_transform_equals_per_sample_cpu_transform(dtype) -> None:
     per_sample = torch.stack([clip.cxr_transform(224)(torch.from_numpy(x.astype(np.float32))[None].repeat(3, 1, 1))
                               for x in batch])
     torch.testing.assert_close(train.device_transform(torch.from_numpy(batch), 224), per_sample, rtol=0, atol=1e-5)
+
+
+def test_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(pairs, tmp_path) -> None:
+    run(args(pairs, tmp_path, "--max_steps", "2"))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pt-imp").iterdir()}
+    with pytest.raises(FileExistsError, match=r"pt-imp already holds an earlier run's checkpoints \(checkpoint.pt.*--resume latest"):
+        run(args(pairs, tmp_path, "--max_steps", "2"))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pt-imp").iterdir()} == before   # nothing touched
