@@ -310,10 +310,16 @@ MODEL_CONFIGS: dict[str, dict] = {
     "random-init-320": dict(embed_dim=768, image_resolution=320, vision_layers=12, vision_width=768,
                             vision_patch_size=16, context_length=77, vocab_size=49408,
                             transformer_width=512, transformer_heads=8, transformer_layers=12),
-    # Small enough to train on a laptop CPU in minutes: the demo and the tests use it.
+    # Small enough to train on a laptop CPU in minutes: the tests use it.
     "tiny": dict(embed_dim=128, image_resolution=96, vision_layers=4, vision_width=128,
                  vision_patch_size=16, context_length=77, vocab_size=49408,
                  transformer_width=128, transformer_heads=2, transformer_layers=4),
+    # The same text tower with CLIP's ResNet as the image tower (one bottleneck per stage,
+    # width 16): on a few thousand images a small ViT learns too slowly for a CPU demo (see
+    # bench/README.md), a small convnet does not. The demo trains this one.
+    "tiny-rn": dict(embed_dim=128, image_resolution=96, vision_layers=(1, 1, 1, 1), vision_width=16,
+                    vision_patch_size=None, context_length=77, vocab_size=49408,
+                    transformer_width=128, transformer_heads=2, transformer_layers=4),
 }
 
 

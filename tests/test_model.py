@@ -137,3 +137,22 @@ def test_trimmed_padding_gives_the_same_text_features() -> None:
     assert trimmed.shape == (3, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(tokens), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-rn"])
+def test_small_configs_are_read_back_from_their_state_dicts(name: str) -> None:
+    """The zero-shot code builds trained small models from the checkpoint alone."""
+    model = CLIP(**MODEL_CONFIGS[name])
+    assert model_config(model.state_dict()) == MODEL_CONFIGS[name]
+
+
+def test_text_encoded_in_length_groups_equals_one_pass() -> None:
+    import train
+    model = small_clip()
+    captions = ["a", "no acute cardiopulmonary process", "effusion", "x " * 60, "moderate cardiomegaly with edema",
+                "small left pleural effusion and basilar atelectasis, unchanged from the prior study"]
+    tokens = clip.tokenize(captions, truncate=True)
+    with torch.no_grad():
+        expected = model.encode_text(tokens)
+        for groups in (1, 2, 4, 8):
+            torch.testing.assert_close(train.encode_text_by_length(model, tokens, groups), expected, rtol=1e-5, atol=1e-6)
