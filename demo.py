@@ -1,6 +1,6 @@
 """The whole CheXzero pipeline on the phantom dataset: the commands a user would type, in order.
 
-    python demo.py                 # full demo (about 2,000 phantom studies), ~10 minutes on 2 cores
+    python demo.py                 # full demo (3,500 phantom studies), ~8 minutes on 2 cores
     python demo.py --scale smoke   # the same sequence on a tiny set, for CI (< 2 minutes)
     python demo.py --force         # rebuild everything instead of reusing earlier outputs
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parent
 
 # Everything that changes with the scale; the sequence of commands does not.
 SCALES = {
-    "full": dict(studies=2000, test_studies=500, valid_studies=200, padchest_images=300,
-                 epochs=8, batch_size=64, val_interval=50, keep_best=5, bootstrap=1000),
+    "full": dict(studies=3500, test_studies=500, valid_studies=200, padchest_images=300,
+                 epochs=6, batch_size=64, val_interval=25, keep_best=5, bootstrap=1000),
     "smoke": dict(studies=120, test_studies=60, valid_studies=40, padchest_images=20,
                   epochs=2, batch_size=16, val_interval=5, keep_best=2, bootstrap=100),
 }
@@ -64,7 +65,7 @@ def main() -> None:
     run("1. phantom dataset (MIMIC-CXR-JPG, CheXpert and PadChest layouts)",
         [py, "phantom.py", "--out", str(phantom), "--studies", str(s["studies"]), "--seed", str(args.seed),
          "--test_studies", str(s["test_studies"]), "--valid_studies", str(s["valid_studies"]),
-         "--padchest_images", str(s["padchest_images"])],
+         "--padchest_images", str(s["padchest_images"]), "--overwrite"],
         [A(phantom / "manifest.json")], args.force, timings)
     run("2. preprocess MIMIC: images -> cxr.h5, reports -> impressions",
         [py, "preprocess_train_data.py", "--dataset_type", "mimic",
@@ -85,9 +86,11 @@ def main() -> None:
          "--cxr_out_path", str(data / "chexpert_valid.h5"), "--labels_out_path", str(data / "chexpert_valid_labels.csv"),
          "--failed_out_path", str(data / "chexpert_valid_failed.csv")],
         [A(data / "chexpert_valid.h5"), A(data / "chexpert_valid_labels.csv")], args.force, timings)
+    if args.force or not (ROOT / run_dir / "checkpoint.pt").exists():
+        shutil.rmtree(ROOT / run_dir, ignore_errors=True)   # nothing resumable in it: start clean
     run("5. train a tiny CLIP from the reports (checkpoints selected on validation AUROC)",
         [py, "run_train.py", "--cxr_filepath", str(data / "cxr.h5"), "--txt_filepath", str(data / "mimic_impressions.csv"),
-         "--random_init", "--model_config", "tiny", "--optimizer", "adam", "--lr", "3e-4",
+         "--random_init", "--model_config", "tiny-rn", "--optimizer", "adam", "--lr", "3e-4",
          "--batch_size", str(s["batch_size"]), "--epochs", str(s["epochs"]), "--seed", str(args.seed),
          "--warmup_steps", "20", "--lr_schedule", "cosine", "--clamp_logit_scale",
          "--save_dir", str(base / "checkpoints"), "--model_name", name, "--save_interval", "100000", "--log_interval", "10",
@@ -108,8 +111,6 @@ def main() -> None:
 def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: dict[str, float],
                   args: argparse.Namespace) -> None:
     """results/<name>/README.md: what ran, how long each stage took, sizes, and the caveat."""
-    import shutil
-
     import h5py
     import pandas as pd
 
