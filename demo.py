@@ -74,18 +74,15 @@ def main() -> None:
          "--cxr_out_path", str(data / "cxr.h5"), "--csv_out_path", str(data / "cxr_paths.csv"),
          "--mimic_impressions_path", str(data / "mimic_impressions.csv")],
         [A(data / "cxr.h5"), A(data / "mimic_impressions.csv")], args.force, timings)
-    run("3. preprocess the CheXpert-format test set",
-        [py, "preprocess_train_data.py", "--dataset_type", "chexpert-test",
-         "--chest_x_ray_path", str(phantom / "chexpert-test"),
-         "--cxr_out_path", str(data / "chexpert_test.h5"), "--labels_out_path", str(data / "chexpert_test_labels.csv"),
-         "--failed_out_path", str(data / "chexpert_test_failed.csv")],
-        [A(data / "chexpert_test.h5"), A(data / "chexpert_test_labels.csv")], args.force, timings)
-    run("4. preprocess the CheXpert-format validation set",
-        [py, "preprocess_train_data.py", "--dataset_type", "chexpert-valid",
-         "--chest_x_ray_path", str(phantom / "chexpert"),
-         "--cxr_out_path", str(data / "chexpert_valid.h5"), "--labels_out_path", str(data / "chexpert_valid_labels.csv"),
-         "--failed_out_path", str(data / "chexpert_valid_failed.csv")],
-        [A(data / "chexpert_valid.h5"), A(data / "chexpert_valid_labels.csv")], args.force, timings)
+    for stage, split, source in (("3. preprocess the CheXpert-format test set", "test", "chexpert-test"),
+                                 ("4. preprocess the CheXpert-format validation set", "valid", "chexpert")):
+        run(stage,
+            [py, "preprocess_train_data.py", "--dataset_type", f"chexpert-{split}",
+             "--chest_x_ray_path", str(phantom / source),
+             "--cxr_out_path", str(data / f"chexpert_{split}.h5"),
+             "--labels_out_path", str(data / f"chexpert_{split}_labels.csv"),
+             "--failed_out_path", str(data / f"chexpert_{split}_failed.csv")],
+            [A(data / f"chexpert_{split}.h5"), A(data / f"chexpert_{split}_labels.csv")], args.force, timings)
     if args.force or not (ROOT / run_dir / "checkpoint.pt").exists():
         shutil.rmtree(ROOT / run_dir, ignore_errors=True)   # nothing resumable in it: start clean
     run("5. train a tiny CLIP from the reports (checkpoints selected on validation AUROC)",

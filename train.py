@@ -505,7 +505,8 @@ def train(config: Namespace) -> Path:
         model.visual.transformer.grad_checkpointing = True
         model.transformer.grad_checkpointing = True
     optimizer = make_optimizer(config, model, rt.device)
-    steps_per_epoch = math.ceil(math.ceil(math.ceil(n_images / rt.world) / config.batch_size) / config.accum_freq)
+    batches_per_epoch = math.ceil(math.ceil(n_images / rt.world) / config.batch_size)  # per rank
+    steps_per_epoch = math.ceil(batches_per_epoch / config.accum_freq)
     total_steps = min(config.max_steps or 10 ** 12, steps_per_epoch * config.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
@@ -573,7 +574,6 @@ def train(config: Namespace) -> Path:
     plan = [(e, b, idx) for e in range(epoch, config.epochs)
             for b, idx in enumerate(epoch_batches(n_images, config.batch_size, e, config.seed, rt.rank, rt.world))
             if e > epoch or b >= batch_in_epoch]
-    per_epoch = len(epoch_batches(n_images, config.batch_size, 0, config.seed, rt.rank, rt.world))
     loader = DataLoader(PairBatches(images, tokens, [idx for _, _, idx in plan]), batch_size=None, shuffle=False,
                         num_workers=config.num_workers, pin_memory=rt.device.type == "cuda",
                         prefetch_factor=4 if config.num_workers else None)
@@ -581,7 +581,7 @@ def train(config: Namespace) -> Path:
     for (e, b, _), (imgs, txt) in zip(plan, loader):
         pending.append((device_transform(imgs.to(rt.device, non_blocking=True), resolution),
                         txt.to(rt.device, non_blocking=True)))
-        end_of_epoch = b == per_epoch - 1
+        end_of_epoch = b == batches_per_epoch - 1
         if len(pending) < config.accum_freq and not end_of_epoch:
             continue
         loss = train_step(net, model, pending, optimizer, scaler, config, rt)
