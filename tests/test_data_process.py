@@ -2,7 +2,6 @@
 both impression rules on the data_formats.md 6.1 report table, PadChest label parsing."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -398,10 +397,8 @@ def test_padchest_label_parser_rejects_non_lists(cell):
 
 
 def test_real_padchest_csv_parses_without_errors():
-    # Located without importing torchxrayvision: its import puts a package named `model` on
-    # sys.path (shadowing ours), and fails once ours is imported.
-    package = Path(importlib.util.find_spec("torchxrayvision").submodule_search_locations[0])
-    csv = package / "data" / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+    import phantom   # finds torchxrayvision's data without importing it (its import shadows our model.py)
+    csv = phantom.torchxrayvision_data() / f"{phantom.PADCHEST_CSV}.gz"
     df = pd.read_csv(csv, usecols=["ImageID", "MethodLabel", "Labels"])
     parsed = [dp.parse_padchest_labels(v) for v in df["Labels"]]   # raises on any malformed cell
     assert len(df) == 160861

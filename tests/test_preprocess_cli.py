@@ -76,6 +76,20 @@ def mimic_args(root: Path, out: Path, *extra: str) -> list[str]:
             "--mimic_impressions_path", str(out / "mimic_impressions.csv"), "--num_workers", "1", *extra]
 
 
+def kill_when_done(argv: list[str], journal: Path, n_done: int) -> None:
+    """Run the CLI in a subprocess and kill -9 it once its journal records ``n_done`` images."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "preprocess_train_data.py"), *argv],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and json.loads(journal.read_text())["n_done"] >= n_done:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def read_h5(path: Path) -> np.ndarray:
     with h5py.File(path, "r") as f:
         return f["cxr"][:]
@@ -150,17 +164,8 @@ def test_kill_9_then_resume_is_identical(tmp_path):
 
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert cli.main(args(ref)) == 0
-    proc = subprocess.Popen([sys.executable, str(REPO / "preprocess_train_data.py"), *args(run)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = run / "cxr.h5.partial.json"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and json.loads(journal.read_text())["n_done"] >= 8:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_done(args(run), journal, 8)
     done = json.loads(journal.read_text())["n_done"]
     assert 8 <= done < 40 and not (run / "cxr.h5").exists()
 
@@ -287,13 +292,6 @@ def phantom_root(tmp_path_factory) -> tuple[Path, dict]:
     return root, manifest
 
 
-def mimic_phantom_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--chest_x_ray_path", str(root / "mimic-cxr-jpg/2.0.0/files"),
-            "--radiology_reports_path", str(root / "mimic-cxr/2.0.0/files"),
-            "--cxr_out_path", str(out / "cxr.h5"), "--csv_out_path", str(out / "cxr_paths.csv"),
-            "--mimic_impressions_path", str(out / "mimic_impressions.csv"), "--num_workers", "1", *extra]
-
-
 def caption_of(out: Path, report_rel: str) -> list:
     """Captions written for every image of the study whose report is ``report_rel``."""
     imps = pd.read_csv(out / "mimic_impressions.csv", keep_default_na=False)
@@ -303,7 +301,7 @@ def caption_of(out: Path, report_rel: str) -> list:
 def test_phantom_mimic(phantom_root, tmp_path):
     root, manifest = phantom_root
     out = tmp_path / "out"
-    assert cli.main(mimic_phantom_args(root, out, "--num_workers", "2")) == 0
+    assert cli.main(mimic_args(root, out, "--num_workers", "2")) == 0
     broken = set(manifest["truncated_jpg"]) | set(manifest["zero_byte_jpg"])
     assert len(broken) == 4
     paths = pd.read_csv(out / "cxr_paths.csv")["Path"].tolist()
@@ -329,7 +327,7 @@ def test_phantom_mimic(phantom_root, tmp_path):
 def test_phantom_mimic_views_and_official_rule(phantom_root, tmp_path):
     root, manifest = phantom_root
     out = tmp_path / "out"
-    assert cli.main(mimic_phantom_args(root, out, "--views", "PA,AP", "--impression_rule", "mimic")) == 0
+    assert cli.main(mimic_args(root, out, "--views", "PA,AP", "--impression_rule", "mimic")) == 0
     meta = pd.read_csv(root / "mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz", dtype=str)
     frontal = set(meta.loc[meta["ViewPosition"].isin(["PA", "AP"]), "dicom_id"])
     broken = {Path(p).stem for p in manifest["truncated_jpg"] + manifest["zero_byte_jpg"]}
@@ -347,16 +345,9 @@ def test_phantom_mimic_views_and_official_rule(phantom_root, tmp_path):
 def test_phantom_kill_9_then_resume_is_identical(phantom_root, tmp_path):
     root, _ = phantom_root
     ref, run = tmp_path / "ref", tmp_path / "run"
-    assert cli.main(mimic_phantom_args(root, ref)) == 0
-    args = mimic_phantom_args(root, run, "--chunk_images", "3")
-    proc = subprocess.Popen([sys.executable, str(REPO / "preprocess_train_data.py"), *args],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    journal = run / "cxr.h5.partial.json"
-    while proc.poll() is None and not (journal.exists() and json.loads(journal.read_text())["n_done"] >= 3):
-        time.sleep(0.002)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert cli.main(mimic_args(root, ref)) == 0
+    args = mimic_args(root, run, "--chunk_images", "3")
+    kill_when_done(args, run / "cxr.h5.partial.json", 3)
     assert not (run / "cxr.h5").exists()
     assert cli.main([*args, "--resume"]) == 0
     assert (run / "cxr.h5").read_bytes() == (ref / "cxr.h5").read_bytes()

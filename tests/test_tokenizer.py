@@ -1,6 +1,5 @@
 """CLIP BPE: the spec's Appendix A vectors and lossless round trips on real report text."""
 import hashlib
-import importlib.util
 import re
 import tarfile
 from pathlib import Path
@@ -70,10 +69,8 @@ def test_cleaning_rules(tokenizer: SimpleTokenizer) -> None:
 
 def iu_report_texts(limit: int = 300) -> list[str]:
     """FINDINGS/IMPRESSION text of real Indiana University reports shipped by torchxrayvision."""
-    # Located without importing torchxrayvision: its import puts a package named `model`
-    # on sys.path, which would shadow this project's model.py.
-    package = importlib.util.find_spec("torchxrayvision").submodule_search_locations[0]
-    tgz = Path(package) / "data" / "NLMCXR_reports.tgz"
+    import phantom   # finds torchxrayvision's data without importing it (its import shadows our model.py)
+    tgz = phantom.torchxrayvision_data() / "NLMCXR_reports.tgz"
     texts = []
     with tarfile.open(tgz) as tar:
         for member in tar:
