@@ -30,7 +30,6 @@ import data_process as dp
 
 log = logging.getLogger("preprocess")
 
-DATASET_TYPES = ("mimic", "chexpert-test", "chexpert-valid", "padchest")
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
                    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                    "Pleural Other", "Fracture", "Support Devices")
@@ -54,7 +53,7 @@ class Plan:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_type", default="mimic", choices=DATASET_TYPES,
+    p.add_argument("--dataset_type", default="mimic", choices=list(PLANS),
                    help="mimic: training images + impressions. chexpert-test: sorted view1_frontal.jpg "
                         "images aligned to groundtruth.csv by Study. chexpert-valid: Frontal rows of "
                         "valid.csv in CSV order. padchest: Physician-labelled rows of the PadChest CSV in "
@@ -222,8 +221,9 @@ def plan_chexpert_test(args: argparse.Namespace) -> Plan:
     dropped += [(row.Study, "no view1_frontal.jpg for this study") for row in gt.itertuples() if row.key not in by_key]
     for path, reason in dropped:
         log.warning("left out %s: %s", path, reason)
-    paths = [img for key, img in by_key.items() if key in labelled]
-    rows = gt.set_index("key").loc[[_study_key(str(Path(p).parent)) for p in paths]]
+    keys = [key for key in by_key if key in labelled]
+    paths = [by_key[key] for key in keys]
+    rows = gt.set_index("key").loc[keys]
     labels = pd.DataFrame({"Path": paths, "Study": rows["Study"].to_numpy()})
     for c in CHEXPERT_LABELS:
         labels[c] = rows[c].to_numpy()
@@ -290,7 +290,7 @@ def plan_padchest(args: argparse.Namespace) -> Plan:
             raise PreprocessError(f"{csv_file}, ImageID {row.ImageID}: {e}") from None
     names = sorted({label for labels in parsed for label in labels})
     paths = [padchest_image_path(root, d, i) for d, i in zip(df["ImageDir"], df["ImageID"])]
-    multi_hot = pd.DataFrame([[int(n in set(labels)) for n in names] for labels in parsed], columns=names)
+    multi_hot = pd.DataFrame([[int(n in found) for n in names] for found in map(set, parsed)], columns=names)
     labels = pd.concat([pd.DataFrame({"Path": paths, "ImageID": df["ImageID"]}), multi_hot], axis=1)
     bits = [int(b) if pd.notna(b) else None for b in df.get("BitsStored_DICOM", pd.Series([None] * len(df)))]
     log.info("padchest: %d images, %d distinct labels", len(paths), len(names))
