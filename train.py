@@ -219,6 +219,14 @@ class PairBatches(Dataset):
         return torch.from_numpy(self._read(idx)), torch.from_numpy(self.tokens[idx].astype(np.int64))
 
 
+def pair_loader(images: str | np.ndarray, tokens: np.ndarray, batches: list[np.ndarray], num_workers: int,
+                device: torch.device) -> DataLoader:
+    """The training input pipeline: :class:`PairBatches` over ``batches`` in order, read ahead by
+    ``num_workers`` processes (4 batches each), pinned for a GPU."""
+    return DataLoader(PairBatches(images, tokens, batches), batch_size=None, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None)
+
+
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
     """This rank's index batches for one epoch, from ``DistributedSampler``'s seeded order.
 
@@ -574,9 +582,7 @@ def train(config: Namespace) -> Path:
     plan = [(e, b, idx) for e in range(epoch, config.epochs)
             for b, idx in enumerate(epoch_batches(n_images, config.batch_size, e, config.seed, rt.rank, rt.world))
             if e > epoch or b >= batch_in_epoch]
-    loader = DataLoader(PairBatches(images, tokens, [idx for _, _, idx in plan]), batch_size=None, shuffle=False,
-                        num_workers=config.num_workers, pin_memory=rt.device.type == "cuda",
-                        prefetch_factor=4 if config.num_workers else None)
+    loader = pair_loader(images, tokens, [idx for _, _, idx in plan], config.num_workers, rt.device)
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
     for (e, b, _), (imgs, txt) in zip(plan, loader):
         pending.append((device_transform(imgs.to(rt.device, non_blocking=True), resolution),

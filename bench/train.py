@@ -123,9 +123,7 @@ def our_loop(model: CLIP, uint8_h5: Path, csv: Path, config: Namespace, precisio
     if config.data_in_memory:
         with h5py.File(uint8_h5, "r") as f:
             images = f["cxr"][:]
-    loader = DataLoader(train.PairBatches(images, tokens, batches), batch_size=None,
-                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if config.num_workers else None)
+    loader = train.pair_loader(images, tokens, batches, config.num_workers, device)
     for imgs, txt in loader:
         imgs = train.device_transform(imgs.to(device, non_blocking=True), model.visual.input_resolution)
         train.train_step(net, model, [(imgs, txt.to(device, non_blocking=True))], optimizer, scaler, run_config, rt)
@@ -150,9 +148,7 @@ def loader_rate(uint8_h5: Path, csv: Path, config: Namespace, device: torch.devi
     """Images/s of the input pipeline alone (read, transfer, device transform)."""
     tokens = train.caption_tokens(csv, 77)
     batches = train.epoch_batches(len(tokens), config.batch_size, 0, seed=0)
-    loader = DataLoader(train.PairBatches(str(uint8_h5), tokens, batches), batch_size=None,
-                        num_workers=config.num_workers, pin_memory=device.type == "cuda", prefetch_factor=4
-                        if config.num_workers else None)
+    loader = train.pair_loader(str(uint8_h5), tokens, batches, config.num_workers, device)
     start, n = time.perf_counter(), 0
     for imgs, _ in loader:
         out = train.device_transform(imgs.to(device, non_blocking=True), resolution)
