@@ -167,6 +167,8 @@ NEGATION_KEYWORDS = {
     "Pneumothorax": r"pneumothora",
 }
 NEGATION_CUES = re.compile(r"\b(no|without|negative for|free of)\b")
+#: Where report text breaks into sentences (after a full stop).
+SENTENCE_BREAK = re.compile(r"(?<=\.)\s+")
 #: How an impression names each competition finding; CheXzero trains on the impression only, so
 #: MIMIC studies prefer reports whose impression names their findings.
 MENTION_KEYWORDS = {"Atelectasis": r"atelecta", "Cardiomegaly": r"cardiomegaly|enlarged (heart|cardiac)|heart (size )?is enlarged",
@@ -279,16 +281,21 @@ def torchxrayvision_data() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
+def mesh_term(term: str) -> tuple[str, list[str], list[str]]:
+    """(heading, qualifiers, mapped CheXpert labels) of one "heading/qualifier/..." MeSH term."""
+    head, *qualifiers = [part.strip() for part in term.split("/")]
+    keys = [head] + [f"{head}/{q}" for q in qualifiers]
+    return head, qualifiers, [label for key in keys for label in MESH_TO_CHEXPERT.get(key, ())]
+
+
 def mesh_terms_to_labels(mesh: tuple[str, ...]) -> dict[str, float]:
     """Positive (1.0) or uncertain (-1.0) CheXpert labels of a list of MeSH terms."""
     labels: dict[str, float] = {}
     for term in mesh:
-        head, *qualifiers = [part.strip() for part in term.split("/")]
-        keys = [head] + [f"{head}/{q}" for q in qualifiers]
+        _, qualifiers, mapped = mesh_term(term)
         value = -1.0 if UNCERTAIN_WORDS & set(qualifiers) else 1.0
-        for key in keys:
-            for label in MESH_TO_CHEXPERT.get(key, ()):
-                labels[label] = max(labels.get(label, value), value)
+        for label in mapped:
+            labels[label] = max(labels.get(label, value), value)
     return labels
 
 
@@ -296,7 +303,7 @@ def report_labels(mesh: tuple[str, ...], text: str) -> dict[str, float]:
     """CheXpert labels of a report: positives/uncertains from MeSH, explicit negatives from the
     text, and No Finding = 1.0 when no pathology is positive or uncertain (Support Devices exempt)."""
     labels = mesh_terms_to_labels(mesh)
-    for sentence in re.split(r"(?<=\.)\s+", text.lower()):
+    for sentence in SENTENCE_BREAK.split(text.lower()):
         if NEGATION_CUES.search(sentence):
             for label, keyword in NEGATION_KEYWORDS.items():
                 if label not in labels and re.search(keyword, sentence):
@@ -332,9 +339,8 @@ def findings_of_report(report: IUReport, rng: np.random.Generator) -> list[Findi
     per observation), with the term's qualifiers as severity, side and zone."""
     found: list[Finding] = []
     for term in report.mesh:
-        head, *qualifiers = [part.strip() for part in term.split("/")]
-        labels = {lab for key in [head] + [f"{head}/{q}" for q in qualifiers] for lab in MESH_TO_CHEXPERT.get(key, ())}
-        for label in sorted(labels):
+        head, qualifiers, mapped = mesh_term(term)
+        for label in sorted(set(mapped)):
             if sum(f.label == label for f in found) < 2:
                 device = MESH_DEVICE.get(head) if label == "Support Devices" else None
                 found.append(finding_from_words(label, qualifiers, rng, device))
@@ -371,6 +377,7 @@ def sample_label_rows(n: int, targets: dict[str, float], rng: np.random.Generato
     from random studies, and pathologies are moved from multi-finding studies to healthy ones
     until No Finding (re-derived) reaches its target too. Returns (report index, positive labels) pairs."""
     reports = iu_reports()
+    pathologies = set(PATHOLOGIES)
     positives = positives_matrix(reports)
     rakeable = {lab: t for lab, t in targets.items() if positives[:, LABELS.index(lab)].sum() >= 40}
     picks = rng.choice(len(reports), size=n, p=raking_weights(positives, rakeable, cap=10.0))
@@ -384,25 +391,25 @@ def sample_label_rows(n: int, targets: dict[str, float], rng: np.random.Generato
         surplus = len(have) - round(targets[label] * n)
         for i in rng.permutation(have)[:max(surplus, 0)]:
             rows[i][1].discard(label)
-        sick = [i for i, (_, labels) in enumerate(rows) if label not in labels and labels & set(PATHOLOGIES)]
-        healthy = [i for i, (_, labels) in enumerate(rows) if label not in labels and not labels & set(PATHOLOGIES)]
+        sick = [i for i, (_, labels) in enumerate(rows) if label not in labels and labels & pathologies]
+        healthy = [i for i, (_, labels) in enumerate(rows) if label not in labels and not labels & pathologies]
         spare = max(0, len(healthy) - healthy_goal) if label in PATHOLOGIES else len(healthy)
         order = list(rng.permutation(sick)) + list(rng.permutation(healthy))[:spare]
         for i in order[:max(-surplus, 0)]:
             rows[i][1].add(label)
     # too many healthy studies: move a pathology from a study that has several (counts unchanged)
-    healthy = [i for i, (_, labels) in enumerate(rows) if not labels & set(PATHOLOGIES)]
+    healthy = [i for i, (_, labels) in enumerate(rows) if not labels & pathologies]
     excess = len(healthy) - healthy_goal if "No Finding" in targets else 0
     for i in list(rng.permutation(healthy))[:max(0, excess)]:
-        donors = [j for j, (_, labels) in enumerate(rows) if len(labels & set(PATHOLOGIES)) > 1]
+        donors = [j for j, (_, labels) in enumerate(rows) if len(labels & pathologies) > 1]
         if not donors:
             break
         donor = rows[int(rng.choice(donors))][1]
-        moved = str(rng.choice(sorted(donor & set(PATHOLOGIES))))
+        moved = str(rng.choice(sorted(donor & pathologies)))
         donor.discard(moved)
         rows[i][1].add(moved)
     for _, labels in rows:
-        if not labels & set(PATHOLOGIES):
+        if not labels & pathologies:
             labels.add("No Finding")
     return rows
 
@@ -629,7 +636,7 @@ def heart(c: Canvas, a: Anatomy) -> None:
     major = a.ctr / math.sqrt(math.cos(tilt) ** 2 + (ratio * math.sin(tilt)) ** 2)
     vertical = major * math.sqrt(math.sin(tilt) ** 2 + (ratio * math.cos(tilt)) ** 2)
     center_u = a.shift + 0.27 * a.ctr
-    center_v = c.lh * (1.0 - a.dome_height - a.raise_left) - 0.3 * vertical
+    center_v = c.geometry[LEFT]["dome"] - 0.3 * vertical
     du, dv = c.u - center_u, c.v - center_v
     along = du * math.cos(tilt) + dv * math.sin(tilt)
     across = -du * math.sin(tilt) + dv * math.cos(tilt)
@@ -658,7 +665,7 @@ def trachea(c: Canvas, a: Anatomy) -> None:
 def gastric_bubble(c: Canvas, a: Anatomy) -> None:
     """Air in the stomach under the left hemidiaphragm."""
     if a.gastric_bubble:
-        dome = c.lh * (1.0 - a.dome_height - a.raise_left)
+        dome = c.geometry[LEFT]["dome"]
         c.soft -= 0.2 * c.ellipse((0.45, dome + 0.1 * c.lh), (0.14, 0.055 * c.lh), edge=0.03)
 
 
@@ -919,11 +926,15 @@ def pneumothorax(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) ->
         c.soft += 0.1 * line - 0.05 * rim
 
 
+#: Lesion radius by severity (nodule, larger nodule, mass), the same in the frontal and lateral views.
+LESION_RADIUS = {1: 0.045, 2: 0.07, 3: 0.12}
+
+
 def lung_lesion(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
     """A well-defined, slightly lobulated nodule (or, when severe, a mass) in the given zone."""
     low, high = ZONES[f.zone]
     for side in SIDES[f.side]:
-        radius = {1: 0.045, 2: 0.07, 3: 0.12}[f.severity]
+        radius = LESION_RADIUS[f.severity]
         center = (side * rng.uniform(0.3, 0.7), rng.uniform(low + 0.08, min(high, 0.92) - 0.05) * c.lh)
         du, dv = c.u - center[0], c.v - center[1]
         r = np.sqrt(du * du + dv * dv) / (radius * (1.0 + 0.12 * np.sin(3.0 * np.arctan2(dv, du) + rng.uniform(0, 6))))
@@ -949,7 +960,7 @@ def endotracheal_tube(c: Canvas, a: Anatomy, rng: np.random.Generator) -> None:
 
 def enteric_tube(c: Canvas, a: Anatomy, rng: np.random.Generator) -> None:
     """A nasogastric tube down the oesophagus, through the diaphragm, into the stomach."""
-    dome = c.lh * (1.0 - a.dome_height - a.raise_left)
+    dome = c.geometry[LEFT]["dome"]
     path = [(0.02, -0.7 * c.lh), (0.04, 0.4 * c.lh), (0.1, dome), (0.3, dome + 0.14 * c.lh),
             (0.5, dome + rng.uniform(0.05, 0.15) * c.lh)]
     c.metal += 0.28 * c.stroke(path, 0.018)
@@ -1040,7 +1051,7 @@ def lateral_lungs(c: Canvas, a: Anatomy) -> None:
         diaphragm = c.lh * (0.8 + 0.2 * s ** 2 - raise_)
         mask = ramp(c.u - front, 0.02) * ramp(back - c.u, 0.02) * ramp(c.v - 0.03 * c.lh, 0.03) * ramp(diaphragm - c.v, 0.012)
         c.lung[side] = mask
-        c.geometry[side] = {"s": s, "diaphragm": diaphragm}
+        c.geometry[side] = {"s": s}
         c.air += 0.5 * mask
 
 
@@ -1164,7 +1175,7 @@ def lateral_atelectasis(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Genera
 def lateral_lesion(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
     """The nodule or mass, seen end on."""
     cu, cv = LATERAL_ZONE_CENTERS[f.zone]
-    radius = {1: 0.045, 2: 0.07, 3: 0.12}[f.severity]
+    radius = LESION_RADIUS[f.severity]
     c.air *= 1.0 - 0.9 * c.ellipse((cu * a.ap_depth + rng.uniform(-0.1, 0.1), cv * c.lh), (radius, radius), edge=0.01)
 
 
@@ -1334,7 +1345,7 @@ def wrap(text: str) -> list[str]:
 
 def split_recommendation(impression: str) -> tuple[str, str]:
     """Move the sentences that recommend something out of the impression."""
-    sentences = re.split(r"(?<=\.)\s+", impression)
+    sentences = SENTENCE_BREAK.split(impression)
     advice = [s for s in sentences if re.match(r"(\d+\.\s*)?(Recommend|Suggest|Consider|Follow-up|Followup)", s)]
     kept = [s for s in sentences if s not in advice]
     return (" ".join(kept), " ".join(advice)) if kept and advice else (impression, "")
@@ -1360,7 +1371,7 @@ def mimic_report(report: IUReport, procedure: str, rng: np.random.Generator, not
         sections.append(("NOTIFICATION", NOTIFICATION, False))
     if has_impression:
         if two_impressions:
-            sections.append(("IMPRESSION", re.split(r"(?<=\.)\s+", impression)[0], False))
+            sections.append(("IMPRESSION", SENTENCE_BREAK.split(impression)[0], False))
         sections.append(("IMPRESSION", impression, False))
         if recommendation:
             sections.append(("RECOMMENDATION(S)", recommendation, True))
@@ -1394,7 +1405,7 @@ def dicom_id(rng: np.random.Generator) -> str:
 #: What an edge-case study's report must have for the edge case to make sense.
 EDGE_CASE_NEEDS = {"no_impression": lambda r: bool(r.findings and r.impression),
                    "notification_before_impression": lambda r: bool(r.impression),
-                   "two_impressions": lambda r: len(re.split(r"(?<=\.)\s+", r.impression)) > 1}
+                   "two_impressions": lambda r: len(SENTENCE_BREAK.split(r.impression)) > 1}
 
 
 def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dict]:
@@ -1427,7 +1438,7 @@ def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dic
     image_edges = {"truncated_jpg": picks[8:10], "zero_byte_jpg": picks[10:12]}
 
     jobs: list[ImageJob] = []
-    metadata, split_rows, label_rows, report_paths = [], [], [], {}
+    metadata, split_rows, label_rows, report_paths, texts = [], [], [], {}, {}
     k = 0
     for p, (subject, n_studies) in enumerate(zip(subjects, per_patient)):
         female = bool(rng.random() < 0.48)
@@ -1452,6 +1463,7 @@ def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dic
             report_path.parent.mkdir(parents=True, exist_ok=True)
             report_path.write_text(text)
             report_paths[study] = report_path.relative_to(out).as_posix()
+            texts[study] = text
             if k not in report_edges["missing_from_chexpert_csv"]:
                 label_rows.append([subject, study] + [label_text(report.labels.get(lab)) for lab in LABELS])
             seconds = float(study_rng.integers(6 * 3600, 23 * 3600)) + round(float(study_rng.random()), 3)
@@ -1481,7 +1493,6 @@ def write_mimic(out: Path, studies: int, seed: int) -> tuple[list[ImageJob], dic
     (jpg_root / "mimic-cxr-2.0.0-chexpert.csv.gz").write_bytes(
         gzip_bytes(csv_text(["subject_id", "study_id"] + LABELS, label_rows).encode()))
 
-    texts = {study: (out / path).read_text() for study, path in report_paths.items()}
     damaged = {"truncated": "truncated_jpg", "empty": "zero_byte_jpg"}
     manifest = {key: [] for key in damaged.values()}
     for job in jobs:
