@@ -254,3 +254,11 @@ def test_a_second_root_is_not_written_over_the_first(tmp_path):
                                 overwrite=True)
     assert manifest["counts"]["mimic_studies"] == 3
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["mimic_studies"] == 3
+
+
+def test_every_mapped_label_is_a_chexpert_label_the_generator_draws():
+    """A label spelled differently from LABELS is silently never written nor drawn."""
+    mapped = {label for labels in phantom.MESH_TO_CHEXPERT.values() for label in labels}
+    assert mapped | set(phantom.PADCHEST_TO_CHEXPERT.values()) <= set(phantom.LABELS)
+    widened = phantom.report_labels(("Mediastinum/widened",), "Widened mediastinum.")
+    assert widened == {"Enlarged Cardiomediastinum": 1.0}
