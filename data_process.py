@@ -236,7 +236,10 @@ def _partial_paths(out_filepath: str) -> tuple[str, str]:
 def _fingerprint(paths: Sequence[str], bits: Sequence[int | None], resolution: int, dtype: str,
                  keep_failed: bool, fast_decode: bool) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([PIPELINE_VERSION, resolution, dtype, keep_failed, fast_decode]).encode())
+    # fast_decode's pixels also depend on its oversampling (a partial file from before it existed must
+    # not be continued); the exact path's fingerprint stays what it was.
+    decode = FAST_DECODE_OVERSAMPLE if fast_decode else False
+    h.update(json.dumps([PIPELINE_VERSION, resolution, dtype, keep_failed, decode]).encode())
     for p, b in zip(paths, bits):
         h.update(f"{p}\0{b}\n".encode())
     return h.hexdigest()

@@ -2,6 +2,7 @@
 both impression rules on the data_formats.md 6.1 report table, PadChest label parsing."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -212,6 +213,19 @@ def test_partial_run_needs_resume_and_same_inputs(tmp_path, image_set):
     dp.finalize_h5(out)
     with h5py.File(out, "r") as f:
         assert f["cxr"].shape[0] == 4
+
+
+def test_fast_decode_partial_of_another_oversampling_is_not_continued(tmp_path, image_set, monkeypatch):
+    out = str(tmp_path / "cxr.h5")
+    monkeypatch.setattr(dp, "FAST_DECODE_OVERSAMPLE", 1)        # the fast path as it first was
+    dp.build_h5_partial(image_set, out, num_workers=1, fast_decode=True)
+    monkeypatch.undo()
+    with pytest.raises(dp.ResumeError, match="different inputs"):
+        dp.build_h5_partial(image_set, out, num_workers=1, fast_decode=True, resume=True)
+    # the exact path's fingerprint does not involve the oversampling
+    assert dp._fingerprint(image_set, [None] * 5, 320, "uint8", False, False) == \
+        hashlib.sha256(json.dumps(["1", 320, "uint8", False, False]).encode()
+                       + "".join(f"{p}\0None\n" for p in image_set).encode()).hexdigest()
 
 
 def test_resume_from_a_mid_run_journal_is_identical(tmp_path, image_set):
