@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ck.add_argument("--val_label_path", default=None, help="validation labels CSV, row-aligned, CheXpert column names")
     ck.add_argument("--val_interval", type=int, default=1000, help="steps between validations")
     ck.add_argument("--keep_best", type=int, default=10, help="keep the k best checkpoints by validation AUROC")
+    ck.add_argument("--val_pair_template", nargs=2, default=["{}", "no {}"], metavar=("POSITIVE", "NEGATIVE"),
+                    help="validation prompts, '{}' is the label (default: '{}' 'no {}'); use the templates "
+                         "you will evaluate with (run_zero_shot.py --pair_template)")
     args = p.parse_args(argv)
     if bool(args.val_cxr_filepath) != bool(args.val_label_path):
         p.error("--val_cxr_filepath and --val_label_path go together")

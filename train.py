@@ -449,14 +449,16 @@ def resolve_resume(resume: str, run_dir: Path) -> Path:
 
 
 # =========================================================================== validation
-def validation_auroc(model: CLIP, loader: DataLoader, y_true: np.ndarray, labels: list[str]) -> float:
-    """Zero-shot mean AUROC over ``labels`` with the ("{}", "no {}") prompts."""
+def validation_auroc(model: CLIP, loader: DataLoader, y_true: np.ndarray, labels: list[str],
+                     pair_template: tuple[str, str] = ("{}", "no {}")) -> float:
+    """Zero-shot mean AUROC over ``labels`` with the ``pair_template`` prompts (the original's
+    ("{}", "no {}") by default)."""
     from sklearn.metrics import roc_auc_score
 
     import zero_shot
     was_training = model.training
     model.eval()
-    y_pred = zero_shot.run_softmax_eval(model, loader, labels, ("{}", "no {}"), context_length=model.context_length)
+    y_pred = zero_shot.run_softmax_eval(model, loader, labels, pair_template, context_length=model.context_length)
     model.train(was_training)
     aucs = [roc_auc_score(y_true[:, i], y_pred[:, i]) for i in range(len(labels)) if len(set(y_true[:, i])) == 2]
     return float(np.mean(aucs)) if aucs else float("nan")
@@ -563,7 +565,7 @@ def train(config: Namespace) -> Path:
             (run_dir / f"checkpoint_{s}.state").unlink(missing_ok=True)
 
     def validate() -> float:
-        auc = validation_auroc(model, val[0], val[1], COMPETITION_LABELS)
+        auc = validation_auroc(model, val[0], val[1], COMPETITION_LABELS, tuple(config.val_pair_template))
         name = f"best_{config.batch_size * rt.world}_{config.lr}_{config.model_name}_{step}_{auc:.3f}.pt"
         if len(best) < config.keep_best or auc > min(b[0] for b in best):
             atomic_save(model.state_dict(), run_dir / name)

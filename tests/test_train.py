@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import clip
 import run_train
 import train
-from model import CLIP
+from model import CLIP, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # A very small CLIP so a step takes milliseconds on a CPU.
@@ -137,6 +137,38 @@ def test_checkpoint_is_plain_state_dict_loadable_by_load_clip(pairs, tmp_path) -
     model = train.load_clip(model_path=str(path), pretrained=False)
     torch.testing.assert_close(model.cpu().state_dict()["visual.proj"], state["visual.proj"])
 
+
+
+@pytest.mark.parametrize("template", [("{}", "no {}"), ("{}.", "no {}.")])
+def test_validation_auroc_is_zero_shot_auroc_with_the_chosen_prompts(pairs, tmp_path, template) -> None:
+    """The logged validation AUROC equals the zero-shot AUROC of the final weights, computed here
+    from cosines to the positive and negative prompts of ``--val_pair_template``."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    with h5py.File(pairs[0]) as f:
+        val_images = f["cxr"][:24]
+    y = np.random.default_rng(1).integers(0, 2, (24, len(labels)))
+    y[:2] = [[0] * 5, [1] * 5]                                          # both classes in every column
+    val_h5, val_csv = tmp_path / "val.h5", tmp_path / "val.csv"
+    with h5py.File(val_h5, "w") as f:
+        f.create_dataset("cxr", data=val_images)
+    pd.DataFrame(y, columns=labels).to_csv(val_csv, index=False)
+    run(args(pairs, tmp_path, "--max_steps", "2", "--val_cxr_filepath", str(val_h5), "--val_label_path",
+             str(val_csv), "--val_interval", "2", "--val_pair_template", *template))
+    logged = pd.read_csv(tmp_path / "pt-imp" / "metrics.csv").dropna(subset=["val_auroc"])
+    assert logged.step.tolist() == [2]
+
+    model = build_model(clip.load_checkpoint(tmp_path / "pt-imp" / "checkpoint.pt")).eval()
+    with torch.no_grad():
+        pixels = torch.from_numpy(val_images).float().unsqueeze(1).repeat(1, 3, 1, 1)
+        image = F.normalize(model.encode_image(clip.cxr_transform(32)(pixels)), dim=-1)
+        aucs = []
+        for i, label in enumerate(labels):
+            text = F.normalize(model.encode_text(clip.tokenize([t.format(label) for t in template])), dim=-1)
+            cos = image @ text.t()
+            aucs.append(roc_auc_score(y[:, i], torch.softmax(cos, dim=1)[:, 0].numpy()))
+    assert logged.val_auroc.iloc[0] == pytest.approx(np.mean(aucs), abs=1e-4)
 
 def test_row_count_mismatch_names_both_files(pairs, tmp_path) -> None:
     short = tmp_path / "short.csv"
