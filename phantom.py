@@ -896,9 +896,13 @@ def atelectasis(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> 
     triangle. Volume loss is applied to the anatomy (lose_volume)."""
     low, high = ZONES[f.zone]
     for side in SIDES[f.side]:
+        # The dome of this (raised) hemidiaphragm, as a fraction of lung height: bands and the
+        # collapsed lobe are drawn above it, where there is lung to make opaque.
+        dome = 1.0 - a.dome_height - (a.raise_right + a.right_dome_raise if side == RIGHT else a.raise_left)
+        top = min(high - 0.12, dome - 0.06)
         bands = np.zeros(c.shape, np.float32)
         for _ in range(1 + (f.severity == 2)):
-            t = rng.uniform(low + 0.08, high - 0.12)
+            t = rng.uniform(min(low + 0.08, top - 0.05), top)
             center, half, tilt = rng.uniform(0.35, 0.6), rng.uniform(0.22, 0.34), rng.uniform(-0.12, 0.12)
             ends = [(side * (center - half), t * c.lh - tilt * half), (side * (center + half), t * c.lh + tilt * half)]
             bands = np.maximum(bands, c.stroke(ends, {1: 0.09, 2: 0.1, 3: 0.1}[f.severity], smooth=False))
@@ -908,7 +912,7 @@ def atelectasis(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> 
             wedge = {"upper": [(0.12, 0.02), (0.75, 0.08), (0.15, 0.45)],
                      "middle": [(0.12, 0.45), (0.6, 0.6), (0.15, 0.82)],
                      "lower": [(0.08, 0.5), (0.18, 1.0), (0.5, 1.0)]}[f.zone]
-            triangle = c.fill([(side * x, t * c.lh) for x, t in wedge], blur=0.02)
+            triangle = c.fill([(side * x, min(t, dome) * c.lh) for x, t in wedge], blur=0.02)
             c.air *= 1.0 - 0.9 * triangle * c.lung[side]
 
 

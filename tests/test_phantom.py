@@ -262,3 +262,20 @@ def test_every_mapped_label_is_a_chexpert_label_the_generator_draws():
     assert mapped | set(phantom.PADCHEST_TO_CHEXPERT.values()) <= set(phantom.LABELS)
     widened = phantom.report_labels(("Mediastinum/widened",), "Widened mediastinum.")
     assert widened == {"Enlarged Cardiomediastinum": 1.0}
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3])
+def test_basal_atelectasis_is_drawn_inside_the_lung(severity):
+    """Lower-zone bands (and a collapsed lower lobe) sit above the raised hemidiaphragm: drawn
+    below it they fall outside the lung, and the image shows no finding under a positive label."""
+    opacified = []
+    for i in range(30):
+        rng = np.random.default_rng([severity, i])
+        finding = phantom.Finding("Atelectasis", severity, ("right", "left", "bilateral")[i % 3], "lower")
+        anatomy = phantom.anatomy_with(phantom.sample_anatomy(rng, female=bool(i % 2)), [finding], rng)
+        canvas = phantom.Canvas((224, 190), phantom.sample_pose(rng, (224, 190), anatomy, "PA"), anatomy.lung_height)
+        phantom.draw_frontal_anatomy(canvas, anatomy, rng)
+        before = canvas.air.copy()
+        phantom.atelectasis(canvas, anatomy, finding, rng)
+        opacified.append(int((before - canvas.air > 0.3).sum()))
+    assert min(opacified) >= 50, opacified
