@@ -228,3 +228,27 @@ def test_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(pairs, tmp_
     with pytest.raises(FileExistsError, match=r"pt-imp already holds an earlier run's checkpoints \(checkpoint.pt.*--resume latest"):
         run(args(pairs, tmp_path, "--max_steps", "2"))
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pt-imp").iterdir()} == before   # nothing touched
+
+
+def test_tiny_clip_learns_the_phantom_pairs(tmp_path) -> None:
+    """The real-data path end to end: a phantom MIMIC-CXR tree, the preprocessing CLI, then
+    ``run_train.py --random_init --model_config tiny`` on its h5 and impressions. Over 10 epochs
+    of 300 studies the contrastive loss falls well below ln(batch), where it starts; in the first
+    epoch it stays there (bench/README.md, "The demo's small model")."""
+    import phantom
+    import preprocess_train_data
+
+    phantom.generate(tmp_path / "root", studies=300, test_studies=10, valid_studies=10, padchest_images=5,
+                     workers=2)
+    files = tmp_path / "root"
+    assert preprocess_train_data.main([
+        "--dataset_type", "mimic", "--chest_x_ray_path", str(files / "mimic-cxr-jpg/2.0.0/files"),
+        "--radiology_reports_path", str(files / "mimic-cxr/2.0.0/files"), "--cxr_out_path", str(tmp_path / "cxr.h5"),
+        "--csv_out_path", str(tmp_path / "cxr_paths.csv"),
+        "--mimic_impressions_path", str(tmp_path / "mimic_impressions.csv")]) == 0
+    run(["--cxr_filepath", str(tmp_path / "cxr.h5"), "--txt_filepath", str(tmp_path / "mimic_impressions.csv"),
+         "--save_dir", str(tmp_path), "--random_init", "--model_config", "tiny", "--optimizer", "adam",
+         "--lr", "1e-4", "--batch_size", "16", "--epochs", "10", "--seed", "0", "--device", "cpu",
+         "--num_workers", "0", "--log_interval", "1"])
+    loss = pd.read_csv(tmp_path / "pt-imp" / "metrics.csv").groupby("epoch")["loss"].mean()
+    assert len(loss) == 10 and loss.iloc[-1] < 0.6 * math.log(16), loss.round(3).tolist()
