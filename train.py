@@ -99,6 +99,11 @@ def make_model(config: Namespace) -> CLIP:
         except RuntimeError as err:
             raise RuntimeError(f"{err}\nTo train without OpenAI's weights, pass --random_init.") from err
         return model.train()
+    vit_only = sorted({"vision_layers", "vision_patch_size"} & overrides.keys())
+    if isinstance(MODEL_CONFIGS[name]["vision_layers"], tuple) and vit_only:
+        raise ValueError(f"--model_config {name} has a ResNet image tower (bottlenecks per stage "
+                         f"{MODEL_CONFIGS[name]['vision_layers']}); {', '.join('--' + k for k in vit_only)} "
+                         "only apply to ViT configs")
     shape = dict(MODEL_CONFIGS[name], context_length=config.context_length, **overrides)
     shape["transformer_heads"] = max(1, shape["transformer_width"] // 64)
     return CLIP(**shape).train()

@@ -170,6 +170,14 @@ def test_validation_auroc_is_zero_shot_auroc_with_the_chosen_prompts(pairs, tmp_
             aucs.append(roc_auc_score(y[:, i], torch.softmax(cos, dim=1)[:, 0].numpy()))
     assert logged.val_auroc.iloc[0] == pytest.approx(np.mean(aucs), abs=1e-4)
 
+def test_vit_size_flags_on_a_resnet_config_are_refused() -> None:
+    config = run_train.parse_args(["--random_init", "--model_config", "tiny-rn", "--vision_layers", "2"])
+    with pytest.raises(ValueError, match=r"tiny-rn has a ResNet image tower .*--vision_layers only apply to ViT"):
+        train.make_model(config)
+    config = run_train.parse_args(["--random_init", "--model_config", "tiny-rn", "--vision_width", "32"])
+    assert train.make_model(config).visual.layer1[0].conv1.in_channels == 32
+
+
 def test_row_count_mismatch_names_both_files(pairs, tmp_path) -> None:
     short = tmp_path / "short.csv"
     pd.read_csv(pairs[1]).head(10).to_csv(short, index=False)
