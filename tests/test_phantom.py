@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import phantom
+from data_process import chexzero_impression
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official MIMIC section parser's header pattern: newline, space, capitals and ()/,- then ": ".
@@ -32,18 +33,6 @@ def phantom_root(tmp_path_factory):
 def read_gz_csv(path: Path) -> list[list[str]]:
     with gzip.open(path, "rt", newline="") as f:
         return list(csv.reader(f))
-
-
-def chexzero_impression(text: str) -> str:
-    """CheXzero's data_process.py extraction: after the last IMPRESSION: token, up to the first
-    RECOMMENDATION(S)/NOTIFICATION token anywhere in the report."""
-    tokens = text.split()
-    if "IMPRESSION:" not in tokens:
-        return "NO IMPRESSION"
-    start = len(tokens) - tokens[::-1].index("IMPRESSION:")
-    ends = [tokens.index(t) for t in ("RECOMMENDATION(S):", "RECOMMENDATION:", "RECOMMENDATIONS:", "NOTIFICATION:", "NOTIFICATIONS:")
-            if t in tokens and tokens.index(t) > 0]
-    return " ".join(tokens[start:min(ends)] if ends else tokens[start:])
 
 
 def test_mesh_mapping_follows_the_documented_table():
