@@ -220,6 +220,7 @@ class Finding:
 
 DEVICES = ["endotracheal_tube", "enteric_tube", "central_line", "pacemaker", "chest_tube",
            "stent", "surgical_clips"]
+COMMON_DEVICES = DEVICES[:5]  # drawn when a report names no particular device
 
 
 def make_finding(label: str, rng: np.random.Generator, severity: int | None = None,
@@ -239,7 +240,7 @@ def make_finding(label: str, rng: np.random.Generator, severity: int | None = No
                   "Pneumothorax": [1.0, 0.0, 0.0], "Consolidation": [0.3, 0.3, 0.4]}.get(label, [0.2, 0.25, 0.55])
         zone = str(rng.choice(["upper", "middle", "lower"], p=zone_p))
     if device is None:
-        device = str(rng.choice(DEVICES[:5])) if label == "Support Devices" else ""
+        device = str(rng.choice(COMMON_DEVICES)) if label == "Support Devices" else ""
     return Finding(label, severity, side, zone, device)
 
 
@@ -1021,7 +1022,7 @@ def support_devices(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator)
     """The finding's device, plus another one for a more instrumented (severity 3) patient."""
     DEVICE_DRAWERS[f.device or "central_line"](c, a, rng)
     if f.severity == 3:
-        DEVICE_DRAWERS[str(rng.choice(DEVICES[:5]))](c, a, rng)
+        DEVICE_DRAWERS[str(rng.choice(COMMON_DEVICES))](c, a, rng)
 
 
 FRONTAL_FINDINGS = {
