@@ -899,7 +899,7 @@ def atelectasis(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> 
     for side in SIDES[f.side]:
         # The dome of this (raised) hemidiaphragm, as a fraction of lung height: bands and the
         # collapsed lobe are drawn above it, where there is lung to make opaque.
-        dome = 1.0 - a.dome_height - (a.raise_right + a.right_dome_raise if side == RIGHT else a.raise_left)
+        dome = c.geometry[side]["dome"] / c.lh
         top = min(high - 0.12, dome - 0.06)
         bands = np.zeros(c.shape, np.float32)
         for _ in range(1 + (f.severity == 2)):
