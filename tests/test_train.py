@@ -19,6 +19,7 @@ import clip
 import run_train
 import train
 from model import CLIP, build_model
+from test_preprocess_cli import mimic_args
 
 ROOT = Path(__file__).resolve().parents[1]
 # A very small CLIP so a step takes milliseconds on a CPU.
@@ -248,12 +249,7 @@ def test_tiny_clip_learns_the_phantom_pairs(tmp_path) -> None:
 
     phantom.generate(tmp_path / "root", studies=300, test_studies=10, valid_studies=10, padchest_images=5,
                      workers=2)
-    files = tmp_path / "root"
-    assert preprocess_train_data.main([
-        "--dataset_type", "mimic", "--chest_x_ray_path", str(files / "mimic-cxr-jpg/2.0.0/files"),
-        "--radiology_reports_path", str(files / "mimic-cxr/2.0.0/files"), "--cxr_out_path", str(tmp_path / "cxr.h5"),
-        "--csv_out_path", str(tmp_path / "cxr_paths.csv"),
-        "--mimic_impressions_path", str(tmp_path / "mimic_impressions.csv")]) == 0
+    assert preprocess_train_data.main(mimic_args(tmp_path / "root", tmp_path)) == 0
     run(["--cxr_filepath", str(tmp_path / "cxr.h5"), "--txt_filepath", str(tmp_path / "mimic_impressions.csv"),
          "--save_dir", str(tmp_path), "--random_init", "--model_config", "tiny", "--optimizer", "adam",
          "--lr", "1e-4", "--batch_size", "16", "--epochs", "10", "--seed", "0", "--device", "cpu",
