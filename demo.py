@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from errors import UserError, add_debug_flag, run_cli
+
 ROOT = Path(__file__).resolve().parent
 # Prompts for validation and test. 93% of the phantom impressions (IU report text) end with a
 # full stop, so a text tower trained from scratch on them has almost only seen EOT after "."; the
@@ -43,19 +45,23 @@ def run(stage: str, cmd: list[str], outputs: list[Path], force: bool, timings: d
         return
     print(f"\n== {stage}\n$ {shown}", flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    status = subprocess.run(cmd, cwd=ROOT).returncode
+    if status != 0:
+        raise UserError(f"stage '{stage}' failed with exit status {status} (its message is above); fix it "
+                        "and run the demo again: finished stages are reused")
     timings[stage] = time.perf_counter() - start
     print(f"== {stage} took {timings[stage]:.0f} s", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--force", action="store_true", help="rebuild every stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=".", help="folder that receives data/, checkpoints/ and results/ "
                    "(default: the repository)")
-    args = p.parse_args()
+    add_debug_flag(p)
+    args = p.parse_args(argv)
     s = SCALES[args.scale]
     name = "demo" if args.scale == "full" else args.scale
     py = sys.executable
@@ -88,17 +94,20 @@ def main() -> None:
              "--labels_out_path", str(data / f"chexpert_{split}_labels.csv"),
              "--failed_out_path", str(data / f"chexpert_{split}_failed.csv")],
             [A(data / f"chexpert_{split}.h5"), A(data / f"chexpert_{split}_labels.csv")], args.force, timings)
-    if args.force or not (ROOT / run_dir / "checkpoint.pt").exists():
+    finished = (ROOT / run_dir / "checkpoint.pt").exists()
+    # An interrupted training (a saved state, no final checkpoint) is continued, not thrown away.
+    resume = ["--resume", "latest"] if not args.force and not finished and (ROOT / run_dir / "latest.json").exists() else []
+    if args.force or not (finished or resume):
         shutil.rmtree(ROOT / run_dir, ignore_errors=True)   # nothing resumable in it: start clean
     run("5. train a tiny CLIP from the reports (checkpoints selected on validation AUROC)",
         [py, "run_train.py", "--cxr_filepath", str(data / "cxr.h5"), "--txt_filepath", str(data / "mimic_impressions.csv"),
          "--random_init", "--model_config", "tiny-rn", "--optimizer", "adam", "--lr", "3e-4",
          "--batch_size", str(s["batch_size"]), "--epochs", str(s["epochs"]), "--seed", str(args.seed),
          "--warmup_steps", "20", "--lr_schedule", "cosine", "--clamp_logit_scale",
-         "--save_dir", str(base / "checkpoints"), "--model_name", name, "--save_interval", "100000", "--log_interval", "10",
+         "--save_dir", str(base / "checkpoints"), "--model_name", name, "--save_interval", "50", "--keep_last", "1", "--log_interval", "10",
          "--num_workers", "1", "--val_cxr_filepath", str(data / "chexpert_valid.h5"),
          "--val_label_path", str(data / "chexpert_valid_labels.csv"), "--val_interval", str(s["val_interval"]),
-         "--keep_best", str(s["keep_best"]), "--val_pair_template", *PAIR_TEMPLATE],
+         "--keep_best", str(s["keep_best"]), "--val_pair_template", *PAIR_TEMPLATE, *resume],
         [A(run_dir / "checkpoint.pt")], args.force, timings)
     run("6. zero-shot evaluation: ensemble of the best checkpoints, thresholds from validation",
         [py, "run_zero_shot.py", "--model_paths", str(run_dir / "best_*.pt"),
@@ -108,6 +117,7 @@ def main() -> None:
         [], True, timings)
     write_summary(out, run_dir, data, phantom, timings, args)
     print("\n" + (ROOT / out / "auroc.md").read_text(), flush=True)
+    return 0
 
 
 def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: dict[str, float],
@@ -154,4 +164,4 @@ def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: 
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -36,6 +36,30 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                         help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or a size; argparse names the flag on error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. a number of worker processes, 0 meaning none)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (e.g. a learning rate)."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def os_error_message(err: OSError) -> str:
     """One line for an OSError on a file: which file, what happened, what to do."""
     name = err.filename if err.filename is not None else "a file"

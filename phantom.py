@@ -53,6 +53,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from errors import UserError, add_debug_flag, non_negative_int, positive_int, run_cli
+
 log = logging.getLogger("phantom")
 
 # ----------------------------------------------------------------------------------------------
@@ -277,8 +279,8 @@ def torchxrayvision_data() -> Path:
     """torchxrayvision's bundled data folder, found without importing torch."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("torchxrayvision is not installed: it ships the IU reports and "
-                                "the PadChest CSV this generator needs (pip install torchxrayvision)")
+        raise UserError("torchxrayvision is not installed: it ships the IU reports and "
+                        "the PadChest CSV this generator needs (pip install torchxrayvision)")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -1551,7 +1553,7 @@ def write_chexpert_valid(out: Path, n: int, seed: int) -> list[ImageJob]:
     """`chexpert/CheXpert-v1.0-small/valid.csv` (one row per image, 0.0/1.0 labels) and the
     small-release images (320 px short side) for patients 64541 onwards."""
     if n > 200:
-        raise ValueError("CheXpert valid patients are 64541-64740: at most 200 valid studies")
+        raise UserError(f"--valid_studies {n}: CheXpert valid patients are 64541-64740, so at most 200 valid studies")
     root = out / "chexpert" / "CheXpert-v1.0-small"
     rng = np.random.default_rng([seed, 21])
     jobs, rows = [], []
@@ -1657,12 +1659,12 @@ def clear_root(out: Path, overwrite: bool) -> None:
     if not entries:
         return
     if not overwrite:
-        raise FileExistsError(f"{out} is not empty ({', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}): "
+        raise UserError(f"{out} is not empty ({', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}): "
                               "writing phantoms over an earlier root would mix the two datasets. Choose an empty "
                               "folder, or pass --overwrite to delete this one first.")
     strangers = [name for name in entries if name not in ROOT_ENTRIES]
     if strangers:
-        raise FileExistsError(f"{out} holds files that are not part of a phantom root ({', '.join(strangers[:5])}); "
+        raise UserError(f"{out} holds files that are not part of a phantom root ({', '.join(strangers[:5])}); "
                               "not deleting it. Choose an empty folder.")
     shutil.rmtree(out)
 
@@ -1809,19 +1811,19 @@ LAYOUT = """layout written under --out:
   manifest.json                                                  (seed, counts, edge cases)"""
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=LAYOUT)
     parser.add_argument("--out", default="data/phantom", help="root folder to write (default: data/phantom)")
-    parser.add_argument("--studies", type=int, default=2000, help="MIMIC-CXR studies (default: 2000)")
+    parser.add_argument("--studies", type=positive_int, default=2000, help="MIMIC-CXR studies (default: 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
-    parser.add_argument("--test_studies", type=int, default=500, help="CheXpert test studies, patients 64741+ (default: 500)")
-    parser.add_argument("--valid_studies", type=int, default=200,
+    parser.add_argument("--test_studies", type=non_negative_int, default=500, help="CheXpert test studies, patients 64741+ (default: 500)")
+    parser.add_argument("--valid_studies", type=non_negative_int, default=200,
                         help="CheXpert valid studies, patients 64541-64740 (default and maximum: 200)")
-    parser.add_argument("--padchest_images", type=int, default=300,
+    parser.add_argument("--padchest_images", type=non_negative_int, default=300,
                         help="PadChest rows sampled from the Physician-labelled rows (default: 300)")
-    parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes drawing images (default: all cores)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an earlier phantom root at --out first (a non-empty --out is refused otherwise)")
     parser.add_argument("--contact_sheet", metavar="PATH",
@@ -1829,7 +1831,8 @@ def main() -> None:
     parser.add_argument("--learnability", action="store_true",
                         help="only print the learnability check: held-out AUROC of logistic regression on 64x64 "
                              "pixels and of mean intensity, per competition finding, on 600 frontal phantoms")
-    args = parser.parse_args()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.contact_sheet:
         contact_sheet(args.contact_sheet, args.seed)
@@ -1841,7 +1844,8 @@ def main() -> None:
     else:
         generate(args.out, args.studies, args.seed, args.test_studies, args.valid_studies, args.padchest_images,
                  args.workers, args.overwrite)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

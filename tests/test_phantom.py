@@ -16,6 +16,7 @@ from PIL import Image
 
 import phantom
 from data_process import chexzero_impression
+from errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official MIMIC section parser's header pattern: newline, space, capitals and ()/,- then ": ".
@@ -232,11 +233,11 @@ def test_a_second_root_is_not_written_over_the_first(tmp_path):
     """Leftover files of an earlier root would be preprocessed as part of the new one."""
     (tmp_path / "mimic-cxr-jpg").mkdir()
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="is not empty .*--overwrite"):
+    with pytest.raises(UserError, match="is not empty .*--overwrite"):
         phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1)
     assert (tmp_path / "manifest.json").read_text() == "{}"
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not part of a phantom root \\(notes.txt\\)"):
+    with pytest.raises(UserError, match="not part of a phantom root \\(notes.txt\\)"):
         phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1, overwrite=True)
     (tmp_path / "notes.txt").unlink()
     manifest = phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1,
