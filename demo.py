@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     A = lambda p: ROOT / p  # noqa: E731  (absolute path of a repo-relative output)
 
     run("1. phantom dataset (MIMIC-CXR-JPG, CheXpert and PadChest layouts)",
-        [py, "phantom.py", "--out", str(phantom), "--studies", str(s["studies"]), "--seed", str(args.seed),
+        [py, "-m", "phantom", "--out", str(phantom), "--studies", str(s["studies"]), "--seed", str(args.seed),
          "--test_studies", str(s["test_studies"]), "--valid_studies", str(s["valid_studies"]),
          "--padchest_images", str(s["padchest_images"]), "--overwrite"],
         [A(phantom / "manifest.json")], args.force, timings)
