@@ -11,9 +11,12 @@ Nothing here touches the network at import. :func:`load` looks for OpenAI weight
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import pickle
+import re
 import urllib.request
 import warnings
 import zipfile
@@ -25,10 +28,12 @@ from torch import nn
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from model import CLIP, build_model, model_config
+from errors import UserError
+from model import ARCHIVE_ONLY_KEYS, CLIP, build_model, model_config
 from simple_tokenizer import SimpleTokenizer
 
-__all__ = ["available_models", "load", "tokenize", "cxr_transform", "load_checkpoint", "load_weights"]
+__all__ = ["available_models", "load", "tokenize", "cxr_transform", "load_checkpoint", "load_weights",
+           "CheckpointError", "CheckpointMismatchError", "CheckpointNotFoundError", "TextTooLongError"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,34 @@ _MODELS = {
     "RN50x4": "https://openaipublic.azureedge.net/clip/models/7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
     "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
 }
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file that cannot be used: damaged, truncated, not a weights file, or holding
+    pickled objects that weights-only loading refuses. A RuntimeError as before, and a
+    :class:`errors.UserError`, so a CLI prints it as one line."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A state dict that does not fit the model (another architecture). ``str()`` is one line that
+    starts with the summary (counts, both architectures, what to pass) and then lists the keys;
+    the lists themselves are kept as ``missing``, ``unexpected`` and ``wrong_shape``."""
+
+    def __init__(self, message: str, missing: list[str], unexpected: list[str], wrong_shape: list[str]) -> None:
+        super().__init__(message)
+        self.missing, self.unexpected, self.wrong_shape = missing, unexpected, wrong_shape
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """No file at the checkpoint path (a FileNotFoundError as before)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOENT  # an OSError with an errno: errors.run_cli prints it, not a traceback
+
+
+class TextTooLongError(UserError, RuntimeError):
+    """A text with more tokens than the context length (and ``truncate=False``)."""
+
 
 # Where :func:`load` looks for OpenAI weights before downloading.
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -71,7 +104,7 @@ def _find_or_download(name: str, download_root: Path) -> Path:
         candidate = folder / filename
         if candidate.is_file():
             if _sha256(candidate) != expected:
-                raise RuntimeError(f"{candidate} does not have the SHA256 of {name} ({expected}); "
+                raise CheckpointError(f"{candidate} does not have the SHA256 of {name} ({expected}); "
                                    f"delete it or replace it with the official file from {url}")
             return candidate
     target = download_root / filename
@@ -81,12 +114,12 @@ def _find_or_download(name: str, download_root: Path) -> Path:
     try:
         urllib.request.urlretrieve(url, partial)
     except OSError as err:
-        raise RuntimeError(
+        raise CheckpointError(
             f"Could not download the OpenAI {name} weights ({err}). Offline, put {filename} "
             f"(SHA256 {expected}, from {url}) in {MODELS_DIR}/ or {download_root}/.") from err
     if _sha256(partial) != expected:
         partial.unlink()
-        raise RuntimeError(f"Downloaded {url} but its SHA256 does not match {expected}; try again.")
+        raise CheckpointError(f"Downloaded {url} but its SHA256 does not match {expected}; try again.")
     partial.replace(target)
     return target
 
@@ -99,34 +132,78 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
+def _refusal_reason(err: Exception) -> str | None:
+    """The unsupported global that weights-only unpickling names, when that was why it refused."""
+    match = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+    if isinstance(err, pickle.UnpicklingError) and match:
+        return match.group(1)
+    return None
+
+
+def _first_line(err: Exception) -> str:
+    """The exception's type and first sentence: enough to tell what failed, on one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    sentence = re.split(r"(?<=\.)\s", lines[0])[0].rstrip(".")
+    return f"{type(err).__name__}: {sentence[:160]}"
+
+
+def _read_state(path: Path) -> object:
+    """``torch.load(weights_only=True)`` (or the weights of a TorchScript archive), with a one-line
+    :class:`CheckpointError` naming the file when it is damaged, truncated or not a weights file."""
+    if _is_torchscript(path):
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is OpenAI's format
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except (RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path}: a damaged TorchScript archive ({_first_line(err)}); "
+                                  "download or copy it again") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # permission denied and the like: errors.run_cli names the file
+    except Exception as err:  # noqa: BLE001 - every way a damaged or foreign file fails to unpickle
+        refused = _refusal_reason(err)
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: refused, not loaded: it holds pickled Python objects ({refused}) that could run "
+                "code when loaded, so it is not a plain weights file. Use a checkpoint that holds only "
+                "tensors (torch.save(model.state_dict(), path): what run_train.py writes and the released "
+                "CheXzero weights are)") from err
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file ({_first_line(err)}); it is truncated, damaged or "
+            "not a checkpoint. Copy or download it again, or pass another checkpoint") from err
+
+
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a CLIP state dict from ``path`` as fp32 tensors on the CPU.
 
     Accepts plain state dicts (the released CheXzero files, mixed fp16/fp32), DDP
     ``module.``-prefixed keys, ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers and
-    OpenAI TorchScript archives.
+    OpenAI TorchScript archives. Loading is weights-only: a file holding pickled code is refused
+    without running it. A missing file raises :class:`CheckpointNotFoundError`, a damaged one or
+    one that is not a state dict of tensors :class:`CheckpointError` (both user errors, one line).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist")
-    if _is_torchscript(path):
-        with warnings.catch_warnings():  # TorchScript is deprecated, but it is OpenAI's format
-            warnings.simplefilter("ignore", FutureWarning)
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise RuntimeError(f"Could not read checkpoint {path}: {err}. Is it a complete "
-                               f"torch.save'd state dict?") from err
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file; check the path")
+    state = _read_state(path)
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise RuntimeError(f"Checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    if state and all(k.startswith("module.") for k in state):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of weights; pass a "
+                              "file saved with torch.save(model.state_dict(), path)")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    return {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
+    not_tensors = [str(k) for k, v in state.items() if not torch.is_tensor(v) and k not in ARCHIVE_ONLY_KEYS]
+    if not_tensors:
+        shown = ", ".join(not_tensors[:5]) + (f" ... (+{len(not_tensors) - 5} more)" if len(not_tensors) > 5 else "")
+        raise CheckpointError(f"{path}: not a state dict of weights: {len(not_tensors)} entries are not tensors "
+                              f"({shown}); is it a training-state file? Pass a model checkpoint (*.pt)")
+    return {k: v.float() if torch.is_tensor(v) and torch.is_floating_point(v) else v for k, v in state.items()}
 
 
 def _describe(state_dict: dict[str, torch.Tensor]) -> str:
@@ -139,25 +216,35 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
-    """Load ``state_dict`` into ``model`` strictly; on mismatch, say exactly what differs."""
-    state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    """Load ``state_dict`` into ``model`` strictly; on mismatch, say exactly what differs.
+
+    A mismatch raises :class:`CheckpointMismatchError` (a RuntimeError): one line that names
+    ``source``, counts the missing, unexpected and mis-shaped keys, gives the architecture the
+    file holds and the model's, says what to pass, then lists the first keys of each kind.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if k not in ARCHIVE_ONLY_KEYS}
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     wrong_shape = [f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                    for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if missing or unexpected or wrong_shape:
-        def head(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
-        raise RuntimeError(
-            f"{source} does not fit the model.\n"
-            f"  missing keys ({len(missing)}): {head(missing)}\n"
-            f"  unexpected keys ({len(unexpected)}): {head(unexpected)}\n"
-            f"  shape mismatches ({len(wrong_shape)}): {head(wrong_shape)}\n"
-            f"  {source} holds: {_describe(state_dict)}\n"
-            f"  model is: {_describe(own)}\n"
-            f"Released CheXzero checkpoints are ViT-B/32 (pretrained=True); "
-            f"--random_init checkpoints are the 320-px model (pretrained=False).")
+        def listing(name: str, items: list[str]) -> str:
+            if not items:
+                return f"{name} (0)"
+            more = f" ... (+{len(items) - 8} more)" if len(items) > 8 else ""
+            return f"{name} ({len(items)}): {', '.join(items[:8])}{more}"
+        holds, model_is = _describe(state_dict), _describe(own)
+        architectures = (f"the file holds: {holds}; the model is: {model_is}" if holds != model_is else
+                         f"the file and the model are both {holds}, so the file has extra or lacks entries")
+        raise CheckpointMismatchError(
+            f"{source} does not fit the model: {len(missing)} missing, {len(unexpected)} unexpected and "
+            f"{len(wrong_shape)} mis-shaped keys; {architectures}. "
+            "Released CheXzero checkpoints are ViT-B/32 (pretrained=True); --random_init checkpoints are the "
+            "320-px model (pretrained=False); pretrained=None reads the architecture off the file. "
+            f"Details: {listing('missing keys', missing)}; {listing('unexpected keys', unexpected)}; "
+            f"{listing('shape mismatches', wrong_shape)}",
+            missing, unexpected, wrong_shape)
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -190,7 +277,8 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
     elif Path(name).is_file():
         path = Path(name)
     else:
-        raise RuntimeError(f"Model {name} not found; available models = {available_models()} or an existing file")
+        raise CheckpointError(f"Model {name} not found; available models = {available_models()} or an "
+                              "existing checkpoint file")
     model = build_model(load_checkpoint(path)).to(device)
     return model, cxr_transform(model.visual.input_resolution)
 
@@ -214,8 +302,8 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
         ids = [tok.sot] + tok.encode(text) + [tok.eot]
         if len(ids) > context_length:
             if not truncate:
-                raise RuntimeError(f"Input {text!r} is {len(ids)} tokens, longer than the context length "
-                                   f"{context_length}; pass truncate=True to cut it")
+                raise TextTooLongError(f"Input {text!r} is {len(ids)} tokens, longer than the context length "
+                                       f"{context_length}; shorten it or pass truncate=True to cut it")
             ids = ids[:context_length]
             ids[-1] = tok.eot
         result[i, : len(ids)] = torch.tensor(ids)
