@@ -22,11 +22,55 @@ from matplotlib.figure import Figure
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import auc, roc_curve
 
+from errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # The 5 CheXpert competition labels: the paper's headline "mean" averages only these.
 COMPETITION_LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 THRESHOLD_METRICS = ("mcc", "f1", "youden")
+
+
+class LabelValueError(UserError, ValueError):
+    """Ground truth holding something other than 0 and 1 (blank/NaN, -1 "uncertain", other values).
+    A ValueError as before, and a :class:`errors.UserError`: a CLI prints it as one line."""
+
+
+def label_value_problems(columns: Mapping[str, Sequence]) -> list:
+    """For each column holding anything but 0 and 1, ``"<name>: 3 NaN, 5 uncertain (-1), 1 other (2.0)"``.
+
+    Blank cells and NaN count as NaN, -1 as CheXpert's "uncertain", anything else (other numbers,
+    text) as other, with up to 3 distinct examples.
+    """
+    problems = []
+    for name, values in columns.items():
+        raw = pd.Series(np.asarray(values).ravel() if not isinstance(values, pd.Series) else values)
+        if pd.api.types.is_numeric_dtype(raw) and raw.isin((0, 1)).all():
+            continue
+        numeric = pd.to_numeric(raw, errors="coerce")
+        blank = raw.isna()
+        uncertain = numeric == -1
+        other = ~blank & ~uncertain & ~numeric.isin((0, 1))
+        counts = [f"{int(blank.sum())} NaN" if blank.any() else "",
+                  f"{int(uncertain.sum())} uncertain (-1)" if uncertain.any() else ""]
+        if other.any():
+            examples = ", ".join(repr(v) if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
+                                 for v in pd.unique(raw[other])[:3])
+            counts.append(f"{int(other.sum())} other ({examples})")
+        if any(counts):
+            problems.append(f"{name}: {', '.join(c for c in counts if c)}")
+    return problems
+
+
+def check_binary_labels(columns: Mapping[str, Sequence], source: str = "y_true") -> None:
+    """Raise :class:`LabelValueError` naming ``source``, the columns and the counts unless every
+    value of ``columns`` (name -> values) is 0 or 1."""
+    problems = label_value_problems(columns)
+    if problems:
+        raise LabelValueError(
+            f"{source}: the labels must be binary (0 or 1), but {'; '.join(problems)}. CheXpert's test and "
+            "valid ground truth hold only 0/1; labels with blanks or -1 (uncertain), as CheXpert train's, "
+            "must be mapped to 0/1 first (decide what uncertain means), or evaluate other labels (--labels)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +145,10 @@ def _check_inputs(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str])
     if not np.isfinite(y_pred).all():
         raise ValueError("y_pred contains NaN or infinite scores")
     if not np.isin(y_true, (0, 1)).all():
-        raise ValueError("y_true must be binary 0/1 (map uncertain/blank labels before evaluating)")
+        names = labels if y_true.ndim == 2 and y_true.shape[1] == len(labels) else \
+            [f"column {i}" for i in range(y_true.shape[1] if y_true.ndim == 2 else 1)]
+        columns = y_true.T if y_true.ndim == 2 else y_true[None]
+        check_binary_labels(dict(zip(names, columns)), "y_true")
 
 
 def evaluate(y_pred: np.ndarray, y_true: np.ndarray, cxr_labels: Sequence[str],

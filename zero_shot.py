@@ -36,7 +36,10 @@ from torch.utils import data
 from tqdm import tqdm
 
 import clip
-from eval import bootstrap, evaluate, sigmoid
+import cxr_data
+from errors import UserError
+from eval import LabelValueError  # noqa: F401 - re-exported: zero_shot.LabelValueError
+from eval import bootstrap, check_binary_labels, evaluate, sigmoid
 from model import CLIP, MODEL_CONFIGS, model_config
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,24 @@ ABNORMAL_PROMPTS = ("pleural effusion", "cardiomegaly", "pulmonary edema", "cons
 NEGATION_PREFIXES = ("no ", "without ", "absence of ")
 
 TEXT_CHUNK = 256  # prompts encoded per forward pass
+
+
+# --------------------------------------------------------------------------- user errors
+# Each is a UserError (a CLI prints it as one line, exit 2) and keeps the type it had before,
+# so code that caught KeyError / ValueError still does.
+class LabelColumnError(UserError, KeyError):
+    """A label CSV without a requested label column."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AlignmentError(UserError, ValueError):
+    """A label CSV whose rows do not match the images of its h5 one to one."""
+
+
+class ContextLengthError(UserError, ValueError):
+    """A context length that is not the model's."""
 
 
 # --------------------------------------------------------------------------- data
@@ -138,16 +159,10 @@ class H5Batches(_LazyH5):
 
 
 def h5_length(cxr_filepath: str | Path) -> int:
-    """Number of images in an HDF5 file, with a clear error for a missing file or key."""
-    if not Path(cxr_filepath).is_file():
-        raise FileNotFoundError(f"Image file {cxr_filepath} does not exist")
-    with h5py.File(cxr_filepath, "r") as f:
-        if "cxr" not in f:
-            raise KeyError(f"{cxr_filepath} has no dataset 'cxr' (it holds {list(f.keys())})")
-        images = f["cxr"]
-        if images.ndim != 3:
-            raise ValueError(f"{cxr_filepath}: 'cxr' has shape {images.shape}, expected (N, H, W)")
-        return len(images)
+    """Number of images in an HDF5 file: :func:`cxr_data.h5_rows`, which refuses (one-line
+    :class:`errors.UserError`) a missing file, no ``cxr`` dataset, a wrong shape or dtype, and
+    values off the 0..255 grey scale (e.g. a float file scaled to 0..1)."""
+    return cxr_data.h5_rows(cxr_filepath)
 
 
 def default_device() -> torch.device:
@@ -197,12 +212,19 @@ def load_clip(model_path: str | Path, pretrained: bool | None = False, context_l
         try:
             config = model_config(state_dict)
         except (KeyError, IndexError) as err:
-            raise RuntimeError(f"{model_path} is not a CLIP state dict (no {err} entry)") from err
+            raise clip.CheckpointError(f"{model_path} is not a CLIP state dict (no {err} entry): the weights of "
+                                       "another kind of model? Pass a CheXzero/CLIP checkpoint") from err
+        try:
+            model = CLIP(**config)
+        except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as err:
+            raise clip.CheckpointError(f"{model_path} is not a CLIP state dict of a known layout (its shapes "
+                                       f"give {config}: {err}); pass a CheXzero/CLIP checkpoint") from err
     else:
         config = dict(MODEL_CONFIGS["vit-b-32" if pretrained else "random-init-320"])
         if not pretrained:
             config["context_length"] = context_length
-    model = clip.load_weights(CLIP(**config), state_dict, source=str(model_path))
+        model = CLIP(**config)
+    model = clip.load_weights(model, state_dict, source=str(model_path))
     return model.to(device if device is not None else default_device()).eval()
 
 
@@ -228,9 +250,7 @@ def _text_embeddings(model: nn.Module, texts_per_class: Sequence[Sequence[str]],
 
     All texts go through the text encoder together (in chunks), not one class at a time.
     """
-    model_context = getattr(model, "context_length", context_length)
-    if context_length != model_context:
-        raise ValueError(f"context_length={context_length} but the model's context length is {model_context}")
+    _check_context_length(model, context_length)
     flat = [text for texts in texts_per_class for text in texts]
     tokens = clip.tokenize(flat, context_length=context_length).to(_device(model))
     embeddings = F.normalize(torch.cat([model.encode_text(chunk) for chunk in tokens.split(TEXT_CHUNK)]).float(),
@@ -238,6 +258,14 @@ def _text_embeddings(model: nn.Module, texts_per_class: Sequence[Sequence[str]],
     sizes = [len(texts) for texts in texts_per_class]
     class_means = torch.stack([group.mean(dim=0) for group in embeddings.split(sizes)])
     return F.normalize(class_means, dim=-1).t()
+
+
+def _check_context_length(model: nn.Module, context_length: int, source: str = "the model") -> None:
+    model_context = getattr(model, "context_length", context_length)
+    if context_length != model_context:
+        raise ContextLengthError(f"context_length={context_length} but the context length of {source} is "
+                                 f"{model_context}; pass {model_context} (run_zero_shot.py: --context_length "
+                                 f"{model_context})")
 
 
 def image_features(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], progress: bool = False,
@@ -400,28 +428,63 @@ def run_experiment(model: nn.Module, cxr_labels: Sequence[str], cxr_templates: S
 
 
 def check_alignment(labels_path: str | Path, n_label_rows: int, cxr_filepath: str | Path) -> None:
-    """Fail unless the label CSV has exactly one row per image of the h5 (row i describes image i)."""
+    """Fail unless the label CSV has exactly one row per image of the h5 (row i describes image i).
+
+    The h5 is checked by :func:`h5_length`. Raises :class:`AlignmentError` (a ValueError)."""
     n_images = h5_length(cxr_filepath)
     if n_label_rows != n_images:
-        raise ValueError(f"{labels_path} has {n_label_rows} label rows but {cxr_filepath} has {n_images} "
-                         f"images; row i of the labels must describe image i (rebuild both together)")
+        raise AlignmentError(f"{labels_path} has {n_label_rows} label rows but {cxr_filepath} has {n_images} "
+                             f"images; row i of the labels must describe image i (rebuild both together)")
 
 
-def make_true_labels(path: str | Path, cxr_labels: Sequence[str], cutlabels: bool = True, *,
+def read_label_csv(path: str | Path, flag: str | None = None) -> pd.DataFrame:
+    """A label CSV as a table; a missing, empty or unparsable file is a one-line :class:`errors.UserError`
+    naming the file (and ``flag``, the CLI option it came from)."""
+    name = f"{flag} {path}" if flag else str(path)
+    if not Path(path).is_file():
+        raise UserError(f"{name}: no such labels CSV; check the path")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{name}: not a readable CSV ({' '.join(str(err).split())}); pass the labels CSV "
+                        "(a header row, one row per image)") from err
+
+
+def label_columns(path: str | Path, table: pd.DataFrame, cxr_labels: Sequence[str]) -> pd.DataFrame:
+    """The ``cxr_labels`` columns of ``table``, by name and in that order, checked to hold only 0 and 1.
+
+    A missing column raises :class:`LabelColumnError` (a KeyError), a value other than 0/1 (blank,
+    NaN, -1 "uncertain", anything else) :class:`eval.LabelValueError` (a ValueError) naming the
+    columns with their counts, before any model runs. The original failed on those in sklearn after
+    the models had run, or, for a column of only -1 and 1, scored "uncertain" as negative without
+    a word.
+    """
+    missing = [label for label in cxr_labels if label not in table.columns]
+    if missing:
+        raise LabelColumnError(f"{path} has no column {missing}; its columns are {list(table.columns)}. "
+                               "Pick labels that are columns of the file (--labels), spelled as in its header")
+    columns = table.loc[:, list(cxr_labels)]
+    check_binary_labels({label: columns[label] for label in columns}, str(path))
+    return columns
+
+
+def make_true_labels(cxr_true_labels_path: str | Path, cxr_labels: Sequence[str], cutlabels: bool = True, *,
                      cxr_filepath: str | Path | None = None) -> np.ndarray:
     """Ground truth (N, C) from a CSV: the ``cxr_labels`` columns selected by name, in that order.
 
-    ``cutlabels=False`` keeps every column but the first, as the original. With ``cxr_filepath``
-    the row count is checked against the h5.
+    ``cutlabels=False`` keeps every column but the first, as the original. The evaluated columns
+    (with ``cutlabels=False``: the first ``len(cxr_labels)`` of those) must hold only 0 and 1: a
+    blank, NaN or -1 ("uncertain") is refused with the column and the counts (see
+    :func:`label_columns`). With ``cxr_filepath`` the row count is checked against the h5.
     """
-    table = pd.read_csv(path)
+    path = cxr_true_labels_path
+    table = read_label_csv(path)
     if cutlabels:
-        missing = [label for label in cxr_labels if label not in table.columns]
-        if missing:
-            raise KeyError(f"{path} has no column {missing}; its columns are {list(table.columns)}")
-        table = table.loc[:, list(cxr_labels)]
+        table = label_columns(path, table, cxr_labels)
     else:
         table = table.iloc[:, 1:]
+        evaluated = table.iloc[:, :len(cxr_labels)]
+        check_binary_labels({column: evaluated[column] for column in evaluated}, str(path))
     if cxr_filepath is not None:
         check_alignment(path, len(table), cxr_filepath)
     return table.to_numpy()
@@ -486,6 +549,7 @@ def ensemble_models(model_paths: Iterable[str | Path], cxr_filepath: str | Path,
                 predictions.append(np.load(cache_path))
                 continue
         model = load_clip(path, pretrained, context_length, device=device)
+        _check_context_length(model, context_length, path)  # before the images cost time
         transform = clip.cxr_transform(model.visual.input_resolution)
         features = image_features(model, loader, progress=True, transform=transform)
         y_pred = _pair_probabilities(model, features, *prompts, context_length=context_length)
