@@ -11,28 +11,95 @@ and auroc.md (bootstrap mean [2.5%, 97.5%] per label, and the 5-pathology mean o
 roc.png; with validation data, thresholds.csv (per label, maximising MCC, F1 and Youden's J on
 validation) and mcc_f1.csv (test MCC and F1 at the frozen thresholds, bootstrap CIs); for PadChest,
 padchest_summary.json (findings with AUROC > 0.9 and >= 0.7).
+
+Inputs are checked before any model runs: the h5 files (key 'cxr', shape, 0..255 grey levels), the
+label CSVs (row-aligned with their h5, the label columns present and holding only 0/1: blanks, NaN
+and -1 "uncertain" are refused with the counts per column), the checkpoint paths and the flags. A
+user error is one line on stderr and exit status 2; --debug (or CHEXZERO_DEBUG=1) shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import json
 import logging
+import string
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+import errors
 import eval as ev
 import zero_shot as zs
+from errors import UserError
 
 log = logging.getLogger("run_zero_shot")
 
 DATASETS = ("chexpert", "padchest")
 
 
+class ModelPathError(UserError, FileNotFoundError):
+    """A --model_paths entry that names no checkpoint (a FileNotFoundError, as before)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOENT  # an OSError with an errno: errors.run_cli prints it as one line
+
+
+class LabelSelectionError(UserError, ValueError):
+    """No label is left to evaluate (a ValueError, as before)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other user error (the usage is on --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(errors.USER_ERROR_EXIT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def int_at_least(minimum: int, why: str = ""):
+    """An argparse type: a whole number >= ``minimum``; argparse names the flag in the error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _check_template(p: argparse.ArgumentParser, template: str) -> None:
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        template.format("label")
+    except (ValueError, IndexError, KeyError):
+        fields = None
+    if not fields:
+        p.error(f"--pair_template {template!r}: a template needs '{{}}' where the label goes (and no other "
+                "braces), e.g. --pair_template '{}' 'no {}'")
+
+
+def _check_device(p: argparse.ArgumentParser, name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        p.error(f"--device {name!r}: not a PyTorch device; e.g. cpu, cuda, cuda:1")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            p.error(f"--device {name}: PyTorch sees no CUDA GPU here; pass --device cpu or leave --device out")
+        if device.index is not None and device.index >= count:
+            p.error(f"--device {name}: there are {count} CUDA GPUs (cuda:0 to cuda:{count - 1})")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_paths", nargs="+", default=["models/chexzero_weights"],
                    help="checkpoints: files, globs, or folders (a folder means every *.pt in it); the "
                         "ensemble averages their probabilities (default: models/chexzero_weights)")
@@ -52,41 +119,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val_cxr_filepath", default=None, help="validation images for the thresholds")
     p.add_argument("--val_labels_path", default=None,
                    help="validation labels (CheXpert valid format: Path + observations), row-aligned")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (>= 40; default 1000)")
-    p.add_argument("--min_positives", type=int, default=None,
+    p.add_argument("--bootstrap", type=int_at_least(40, " (the 2.5% bound needs one replicate below it)"),
+                   default=1000, help="bootstrap replicates (>= 40; default 1000)")
+    p.add_argument("--min_positives", type=int_at_least(0), default=None,
                    help="drop labels with fewer test positives (default: 50 for padchest, 0 for chexpert)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
-    p.add_argument("--batch_size", type=int, default=64, help="images per batch (default 64; 256 suits a GPU)")
-    p.add_argument("--num_workers", type=int, default=None,
+    p.add_argument("--batch_size", type=int_at_least(1), default=64,
+                   help="images per batch (default 64; 256 suits a GPU)")
+    p.add_argument("--num_workers", type=int_at_least(0), default=None,
                    help="loader processes (default: 0 on the CPU, up to 8 with a GPU)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--context_length", type=int, default=77)
+    p.add_argument("--context_length", type=int_at_least(1), default=77,
+                   help="text context length of the checkpoints (default 77, CheXzero's)")
+    errors.add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.bootstrap < 40:
-        p.error("--bootstrap must be at least 40 (the 2.5% bound needs one replicate below it)")
     if (args.val_cxr_filepath is None) != (args.val_labels_path is None):
         p.error("--val_cxr_filepath and --val_labels_path go together")
+    for template in args.pair_template:
+        _check_template(p, template)
+    if args.device is not None:
+        _check_device(p, args.device)
     if args.min_positives is None:
         args.min_positives = 50 if args.dataset == "padchest" else 0
     return args
 
 
 def expand_model_paths(items: list[str]) -> list[str]:
-    """Files as given, globs expanded, folders as their *.pt files; sorted, duplicates removed."""
+    """Files as given, globs expanded, folders as their *.pt files; sorted, duplicates removed.
+
+    An entry that names no file raises :class:`ModelPathError` (a FileNotFoundError and a user error)."""
     paths: set[str] = set()
     for item in items:
         if Path(item).is_dir():
             found = sorted(str(p) for p in Path(item).glob("*.pt"))
             if not found:
-                raise FileNotFoundError(f"--model_paths {item}: the folder holds no *.pt file")
+                raise ModelPathError(f"--model_paths {item}: the folder holds no *.pt file; pass the folder "
+                                     "of the checkpoints, or the checkpoint files themselves")
         elif any(c in item for c in "*?["):
-            found = sorted(glob.glob(item))
+            found = sorted(p for p in glob.glob(item) if Path(p).is_file())
             if not found:
-                raise FileNotFoundError(f"--model_paths {item}: the pattern matches no file")
+                raise ModelPathError(f"--model_paths {item}: the pattern matches no file; check the path "
+                                     "(quote the pattern so that the shell does not expand it)")
         elif Path(item).is_file():
             found = [item]
         else:
-            raise FileNotFoundError(f"--model_paths {item}: no such file or folder")
+            raise ModelPathError(f"--model_paths {item}: no such file or folder; check the path")
         paths.update(found)
     return sorted(paths)
 
@@ -98,16 +175,17 @@ def binary_columns(table: pd.DataFrame) -> list[str]:
 
 
 def select_labels(args: argparse.Namespace, table: pd.DataFrame) -> list[str]:
-    """The labels to evaluate: --labels or the dataset's default, minus those under --min_positives."""
+    """The labels to evaluate: --labels or the dataset's default, minus those under --min_positives.
+
+    The columns must exist (:class:`zero_shot.LabelColumnError`, a KeyError) and hold only 0 and 1
+    (:class:`eval.LabelValueError`, a ValueError: blanks, NaN and -1 are counted per column)."""
     if args.labels is not None:
         labels = list(args.labels)
     elif args.dataset == "chexpert":
         labels = list(zs.CHEXPERT_LABELS)
     else:
         labels = binary_columns(table)
-    missing = [label for label in labels if label not in table.columns]
-    if missing:
-        raise KeyError(f"{args.labels_path} has no column {missing}; its columns are {list(table.columns)}")
+    zs.label_columns(args.labels_path, table, labels)
     positives = table[labels].sum()
     rare = positives[positives < args.min_positives]
     if len(rare):
@@ -115,7 +193,8 @@ def select_labels(args: argparse.Namespace, table: pd.DataFrame) -> list[str]:
                  ", ".join(f"{k} ({int(v)})" for k, v in rare.items()))
     labels = [label for label in labels if positives[label] >= args.min_positives]
     if not labels:
-        raise ValueError(f"no label of {args.labels_path} has at least {args.min_positives} positives")
+        raise LabelSelectionError(f"no label of {args.labels_path} has at least {args.min_positives} positives; "
+                                  "lower --min_positives or choose --labels")
     return labels
 
 
@@ -155,9 +234,13 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def thresholded_metrics(args: argparse.Namespace, model_paths: list[str], labels: list[str], y_pred: np.ndarray,
-                        y_true: np.ndarray, out: Path) -> None:
-    """Thresholds chosen on validation (MCC, F1, Youden), frozen, then test MCC and F1 with bootstrap CIs."""
-    y_true_val = zs.make_true_labels(args.val_labels_path, labels, cxr_filepath=args.val_cxr_filepath)
+                        y_true: np.ndarray, out: Path, y_true_val: np.ndarray | None = None) -> None:
+    """Thresholds chosen on validation (MCC, F1, Youden), frozen, then test MCC and F1 with bootstrap CIs.
+
+    ``y_true_val``: the validation labels when already read (:func:`main` reads and checks them
+    before any model runs)."""
+    if y_true_val is None:
+        y_true_val = zs.make_true_labels(args.val_labels_path, labels, cxr_filepath=args.val_cxr_filepath)
     _, y_pred_val = zs.ensemble_models(
         model_paths, args.val_cxr_filepath, labels, args.pair_template, cache_dir=out / "cached", save_name="val",
         prompt_style=args.prompt_style, context_length=args.context_length, batch_size=args.batch_size,
@@ -179,17 +262,29 @@ def thresholded_metrics(args: argparse.Namespace, model_paths: list[str], labels
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    """Run the evaluation; return the AUROC table."""
+    """Run the evaluation; return the AUROC table.
+
+    The images, labels, checkpoint paths and flags are checked before the first model runs (see
+    the module docstring), a checkpoint's contents when it is loaded; a problem raises an
+    :class:`errors.UserError` naming the file or flag (one line under ``run_cli``).
+    """
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; pass a folder for the outputs")
     model_paths = expand_model_paths(args.model_paths)
     log.info("%d checkpoints: %s", len(model_paths), ", ".join(Path(p).name for p in model_paths))
 
-    table = pd.read_csv(args.labels_path)
+    table = zs.read_label_csv(args.labels_path, "--labels_path")
     zs.check_alignment(args.labels_path, len(table), args.cxr_filepath)
     labels = select_labels(args, table)
     y_true = zs.make_true_labels(args.labels_path, labels)
+    y_true_val = None
+    if args.val_cxr_filepath is not None:  # checked now, not after the test images have run
+        val_table = zs.read_label_csv(args.val_labels_path, "--val_labels_path")
+        zs.check_alignment(args.val_labels_path, len(val_table), args.val_cxr_filepath)
+        y_true_val = zs.label_columns(args.val_labels_path, val_table, labels).to_numpy()
+    out.mkdir(parents=True, exist_ok=True)
 
     _, y_pred = zs.ensemble_models(
         model_paths, args.cxr_filepath, labels, args.pair_template, cache_dir=out / "cached",
@@ -214,7 +309,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         (out / "padchest_summary.json").write_text(json.dumps(summary, indent=1))
         log.info("PadChest: %s", summary["headline"])
     if args.val_cxr_filepath is not None:
-        thresholded_metrics(args, model_paths, labels, y_pred, y_true, out)
+        thresholded_metrics(args, model_paths, labels, y_pred, y_true, out, y_true_val)
 
     log.info("Zero-shot AUROC, %d-model ensemble, bootstrap mean [95%% CI] (%s prompts):\n%s",
              len(model_paths), args.prompt_style, markdown(results))
@@ -224,4 +319,4 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    main()
+    raise SystemExit(errors.run_cli(main))
