@@ -1,10 +1,10 @@
 """User errors: one clear line on stderr and exit status 2; tracebacks only for bugs.
 
-Every CLI runs its ``main`` through :func:`run_cli`. Library code raises :class:`UserError`
+Every CLI parses its flags with :class:`ArgumentParser` and runs its ``main`` through :func:`run_cli`. Library code raises :class:`UserError`
 (or a subclass) for anything the user can fix: a missing or malformed file, a bad flag, a
 resume that does not match. The message names the file or flag, says what is wrong and what
 to do. Any other exception is a bug and keeps its traceback. ``--debug`` (every CLI has it, via
-:func:`add_debug_flag`) or ``CHEXZERO_DEBUG=1`` shows the traceback of a user error too.
+:class:`ArgumentParser`) or ``CHEXZERO_DEBUG=1`` shows the traceback of a user error too.
 
 Operating-system errors on the user's files (not found, permission denied, disk full) are
 user errors as well: :func:`run_cli` turns an ``OSError`` that carries a file name into one
@@ -31,9 +31,21 @@ class UserError(Exception):
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """Give a CLI the ``--debug`` flag that :func:`run_cli` reads."""
+    """Give a plain argparse parser the ``--debug`` flag that :func:`run_cli` reads."""
     parser.add_argument("--debug", action="store_true",
                         help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every CLI: a bad flag is one line with exit status 2 like any other user error
+    (the usage is on ``--help``), and ``--debug`` is there for :func:`run_cli`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        add_debug_flag(self)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -94,7 +106,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: Sequence[str] | No
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except (UserError, OSError) as err:
-        if isinstance(err, OSError) and (err.filename is None and err.errno is None):
+        if not isinstance(err, UserError) and err.filename is None and err.errno is None:
             raise  # an OSError without a file or errno is not about the user's files
         if _debug_wanted(args):
             raise

@@ -111,3 +111,21 @@ def test_a_live_holder_is_named_and_a_killed_one_releases_the_lock(tmp_path):
         holder.wait()
     with run_lock.hold(out, "after kill -9"):   # the kernel dropped the dead holder's lock
         assert "after kill -9" in run_lock.lock_path(out).read_text()
+
+
+def test_a_user_error_that_is_also_an_os_error_is_still_one_line(capsys):
+    class MissingModel(errors.UserError, FileNotFoundError):
+        pass
+    assert errors.run_cli(_main_raising(MissingModel("--model_paths m.pt: no such file")), []) == 2
+    assert "error: --model_paths m.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_bad_flag_is_one_line_with_exit_status_2(capsys):
+    parser = errors.ArgumentParser(prog="tool")
+    parser.add_argument("--batch_size", type=errors.positive_int)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--batch_size", "0"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err == "tool: error: argument --batch_size: must be a positive integer, got 0 (see --help)\n"
+    assert parser.parse_args(["--debug"]).debug is True
