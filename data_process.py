@@ -11,6 +11,11 @@ meaning (``preprocess``, ``img_to_hdf5``, ``get_cxr_paths_list``, ``get_cxr_path
   reported with its reason and, unless ``keep_failed``, dropped together with its caption;
 * the HDF5 file is built as ``<out>.partial`` with a progress journal, so an interrupted
   run resumes from the last completed chunk and the final file appears only when complete;
+  a run that stops before its first completed chunk leaves nothing behind, a full disk is one
+  clear error (checked up front too), and ``<out>.lock`` keeps a second process off an output
+  that a live one is writing;
+* the worker processes never re-run the caller's ``__main__``, so parallel decoding works from
+  scripts without an ``if __name__ == "__main__":`` guard, from stdin and from notebooks;
 * 16-bit PNGs (PadChest) are read at full depth and scaled by their real bit depth.
 
 The CheXzero impression rule is reproduced exactly; the official MIMIC-CXR section-parser
@@ -20,16 +25,26 @@ selection is available as the ``mimic`` rule (re-implemented from its descriptio
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
+import multiprocessing.process
 import os
 import re
+import shutil
+import signal
+import sys
+import threading
+import types
+from collections import Counter, deque
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -39,6 +54,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
+
+import run_lock
+from errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +80,17 @@ class ImageDecodeError(Exception):
     """An image file that cannot be turned into pixels (missing, empty, truncated, corrupt)."""
 
 
-class ResumeError(Exception):
+class ResumeError(UserError):
     """A partial output that cannot be continued (or would be overwritten) as asked."""
+
+
+class OutputWriteError(UserError):
+    """An output that could not be written (disk full, no permission, I/O error). What was
+    committed before stays resumable; the message says what to free and how to continue."""
+
+
+class WorkerPoolError(UserError):
+    """A decode worker process that could not start or died (killed, out of memory, crashed)."""
 
 
 @dataclass(frozen=True)
@@ -224,9 +251,302 @@ def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: 
         return index, None, f"OpenCV error: {e.err or e}"
 
 
+def _load_batch(tasks: list[tuple[int, str, int | None]], resolution: int, fast_decode: bool
+                ) -> list[tuple[int, np.ndarray | None, str | None]]:
+    """Worker: a few tasks per round trip between the processes."""
+    return [_load_task(task, resolution, fast_decode) for task in tasks]
+
+
 def _init_worker() -> None:
-    """One OpenCV thread per worker process: parallelism comes from the processes."""
+    """One OpenCV thread per worker process: parallelism comes from the processes. Ctrl-C is
+    the parent's to handle (it stops the pool); a worker would only print a traceback."""
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ---- Worker processes that never re-run the caller's __main__
+
+_MAIN_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While a worker process is launched, show multiprocessing a ``__main__`` with nothing to re-run.
+
+    spawn prepares each child by re-running the parent's ``__main__`` (by path, or by module
+    name under ``python -m``), so that functions defined there can be unpickled. The decode
+    workers need nothing from it (their code lives in this module), and re-running it is what
+    breaks: a script without an ``if __name__ == "__main__":`` guard calls ``img_to_hdf5`` again
+    inside every starting worker, which then dies, and ``python - < script.py`` names a file
+    ``<stdin>`` that does not exist (``multiprocessing.Pool`` replaced such dead workers forever).
+    Only a lookup of ``sys.modules["__main__"]`` made during a launch sees the stand-in; the
+    real module keeps running with its own globals.
+    """
+    with _MAIN_SWAP:
+        real = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")   # no __file__, no __spec__
+        try:
+            yield
+        finally:
+            if real is None:
+                sys.modules.pop("__main__", None)
+            else:
+                sys.modules["__main__"] = real
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawn process launched with :func:`_main_module_hidden`."""
+
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
+        with _main_module_hidden():
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    """spawn, not fork: forking a parent whose OpenCV/torch thread pools are already running can
+    leave the children deadlocked on a lock held by a thread that was not copied. Its processes
+    start from a fresh interpreter that imports this module, never the caller's ``__main__``."""
+
+    Process = _WorkerProcess
+
+
+_BATCH = 4       # images per round trip to a worker
+_IN_FLIGHT = 2   # batches sent ahead to each worker: one to work on, one waiting
+_WINDOW = 4      # x workers: batches sent but not yet yielded (bounds the results held for reordering)
+
+
+def _worker_loop(conn, resolution: int, fast_decode: bool) -> None:
+    """A decode worker: batches of tasks in, their results out, on its own pipe, until ``None``
+    or the parent's end closes (the parent exited, however it exited)."""
+    _init_worker()
+    try:
+        while (batch := conn.recv()) is not None:
+            conn.send(_load_batch(batch, resolution, fast_decode))
+    except (EOFError, OSError):
+        pass
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "still running, its pipe closed"
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL: out of memory?"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class _Workers:
+    """Decode worker processes, each with its own pipe, fed batches by the calling thread alone.
+
+    Nothing here runs in a background thread, so nothing can wait forever on a pipe: a worker
+    that exits (however) closes its end, and the next send or receive on it fails.
+    """
+
+    def __init__(self, n: int, resolution: int, fast_decode: bool):
+        ctx = _WorkerContext()
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.queued: list[deque[int]] = []          # batch numbers sent to each worker, in order
+        try:
+            for _ in range(n):
+                ours, theirs = ctx.Pipe(duplex=True)
+                process = ctx.Process(target=_worker_loop, args=(theirs, resolution, fast_decode), daemon=True,
+                                      name="decode worker")
+                try:
+                    process.start()
+                finally:
+                    theirs.close()     # only the worker holds its end now: its exit is our end of file
+                self.processes.append(process)
+                self.conns.append(ours)
+                self.queued.append(deque())
+        except BaseException:
+            self.close(finished=False)
+            raise
+
+    def send(self, number: int, batch: list) -> bool:
+        """Give batch ``number`` to the least busy worker with room; False when none has."""
+        k = min(range(len(self.conns)), key=lambda j: len(self.queued[j]))
+        if len(self.queued[k]) >= _IN_FLIGHT:
+            return False
+        self._checked(self.conns[k].send, batch)
+        self.queued[k].append(number)
+        return True
+
+    def receive(self) -> list[tuple[int, list]]:
+        """(batch number, results) of every batch that is ready, waiting for at least one."""
+        busy = [k for k in range(len(self.conns)) if self.queued[k]]
+        ready = self._checked(multiprocessing.connection.wait, [self.conns[k] for k in busy])
+        return [(self.queued[k].popleft(), self._checked(self.conns[k].recv)) for k in busy if self.conns[k] in ready]
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except (EOFError, OSError):   # a worker's pipe closed: it is gone
+            for process in self.processes:
+                process.join(0.5)
+            dead = next((p for p in self.processes if not p.is_alive()), self.processes[0])
+            raise WorkerPoolError(
+                f"a decode worker process (pid {dead.pid}) stopped before finishing its images "
+                f"({_exit_description(dead.exitcode)}): it could not start (its own error is printed above), "
+                f"was killed or crashed. Fewer workers (--num_workers, num_workers=) use less memory; 1 "
+                f"decodes in this process.") from None
+
+    def close(self, finished: bool) -> None:
+        """Let the workers exit (``finished``), or terminate them: their half-done images are not
+        needed any more, and one stuck on a read must not keep the caller waiting."""
+        for process, conn in zip(self.processes, self.conns):
+            if finished:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+            elif process.is_alive():
+                process.terminate()
+            conn.close()
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _results(tasks: list[tuple[int, str, int | None]], resolution: int, fast_decode: bool,
+             num_workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Decoded images in task order, from ``num_workers`` processes (in-process for 1).
+
+    Batches go to whichever worker has room and come back as they are ready; a bounded window
+    of batches is out at a time, so memory stays flat however slow the writer. A worker that
+    cannot start or dies (killed, out of memory, crashed) ends the run with
+    :class:`WorkerPoolError` (``multiprocessing.Pool`` replaced such workers endlessly and
+    waited for their results forever). Closing the generator early (an exception, Ctrl-C)
+    terminates the workers.
+    """
+    if num_workers <= 1 or len(tasks) <= 1 or multiprocessing.current_process().daemon:
+        # (a daemonic process, e.g. a multiprocessing.Pool worker, may not start processes)
+        for task in tasks:
+            yield _load_task(task, resolution, fast_decode)
+        return
+    batches = [tasks[i:i + _BATCH] for i in range(0, len(tasks), _BATCH)]
+    workers, finished = None, False
+    try:
+        workers = _Workers(min(num_workers, len(batches)), resolution, fast_decode)
+        window = _WINDOW * len(workers.processes)
+        ready: dict[int, list] = {}
+        sent = yielded = 0
+        while yielded < len(batches):
+            while sent < min(len(batches), yielded + window) and workers.send(sent, batches[sent]):
+                sent += 1
+            if yielded in ready:
+                yield from ready.pop(yielded)
+                yielded += 1
+            else:
+                ready.update(workers.receive())
+        finished = True
+    finally:
+        if workers is not None:
+            workers.close(finished)
+
+
+# ---- The output: lock, free space, writes that fail cleanly
+
+
+_HELD: dict[str, int] = {}   # real path of an output -> the thread holding its lock
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def output_lock(out_filepath: str) -> Iterator[None]:
+    """Hold ``<out_filepath>.lock`` (see :mod:`run_lock`) for the block, re-entrant in one thread.
+
+    Another process (or thread) building the same output is refused with a
+    :class:`~errors.UserError` naming the live process. The kernel drops the lock when the
+    holder exits, however it exits, so the lock file left next to the output never blocks.
+    """
+    key, me = os.path.realpath(out_filepath), threading.get_ident()
+    with _HELD_GUARD:
+        already = _HELD.get(key) == me
+    if already:
+        yield
+        return
+    with run_lock.hold(out_filepath, "preprocessing"):
+        with _HELD_GUARD:
+            _HELD[key] = me
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+
+
+def _free_bytes(path: str) -> int | None:
+    """Bytes this user may still write on the file system holding ``path`` (its nearest
+    existing folder); None when the file system does not say."""
+    folder = Path(os.path.abspath(path)).parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return None
+    return usage.free if usage.total > 0 else None
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _bytes_to_write(partial_path: str) -> int:
+    """Bytes a partial file still needs: its chunks are all allocated up front, but the ones not
+    written yet are holes the file system has not given space to."""
+    try:
+        st = os.stat(partial_path)
+    except OSError:
+        return 0
+    return max(0, st.st_size - st.st_blocks * 512)
+
+
+def _check_space(partial_path: str, need: int, resuming: bool) -> None:
+    """Refuse to start when the file system clearly cannot hold the images still to write."""
+    free = _free_bytes(partial_path)
+    if free is None or need <= free:
+        return
+    where = os.path.dirname(os.path.abspath(partial_path))
+    then = ("free space there, then run again with --resume (resume=True)" if resuming
+            else "free space or write elsewhere, then run again")
+    raise OutputWriteError(f"{partial_path}: not enough free space: the images still to write need about "
+                           f"{_size(need)} ({need:,} bytes) and {where} has {_size(free)} free; {then}")
+
+
+class _WriteFailed(Exception):
+    """Internal: writing ``path`` failed with ``error`` (an OSError, or h5py's RuntimeError)."""
+
+    def __init__(self, path: str, error: BaseException):
+        super().__init__(path, error)
+        self.path, self.error = path, error
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """Turn a failed write of ``path`` (OS or HDF5 error) into :class:`_WriteFailed`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise _WriteFailed(path, e) from e
+
+
+def _write_reason(err: BaseException) -> tuple[str, bool]:
+    """(short reason, whether it is a full disk or quota) of a failed write. h5py puts the
+    system's errno in its message, sometimes in a RuntimeError."""
+    code = err.errno if isinstance(err, OSError) and err.errno else None
+    if code is None:
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    if code is not None:
+        return os.strerror(code), code in (errno.ENOSPC, errno.EDQUOT)
+    return (str(err).splitlines() or [type(err).__name__])[0][:200], False
 
 
 def _partial_paths(out_filepath: str) -> tuple[str, str]:
@@ -248,11 +568,16 @@ def _fingerprint(paths: Sequence[str], bits: Sequence[int | None], resolution: i
 def _save_progress(progress_path: str, state: dict) -> None:
     """Write the progress journal atomically (a crash leaves the old or the new one)."""
     tmp = progress_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, progress_path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, progress_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _create_partial_h5(partial_path: str, n: int, resolution: int, dtype: str) -> None:
@@ -269,17 +594,198 @@ def _create_partial_h5(partial_path: str, n: int, resolution: int, dtype: str) -
                          dtype=dtype, chunks=(1, resolution, resolution), dcpl=dcpl)
 
 
-def _results(tasks: list[tuple[int, str, int | None]], resolution: int, fast_decode: bool,
-             num_workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """Decoded images in task order, from ``num_workers`` processes (in-process for 1)."""
-    work = partial(_load_task, resolution=resolution, fast_decode=fast_decode)
-    if num_workers <= 1:
-        yield from map(work, tasks)
-        return
-    # spawn, not fork: forking a parent whose OpenCV/torch thread pools are already running
-    # can leave the children deadlocked on a lock held by a thread that was not copied.
-    with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker) as pool:
-        yield from pool.imap(work, tasks, chunksize=4)
+def _remove_partial(partial_path: str, progress_path: str) -> None:
+    for path in (partial_path, progress_path, progress_path + ".tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _saved_count(progress_path: str) -> int:
+    """Images the journal records as done (0 when there is no readable journal)."""
+    try:
+        with open(progress_path) as f:
+            return int(json.load(f).get("n_done", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _resumable_state(partial_path: str, progress_path: str, fingerprint: str, resume: bool) -> dict | None:
+    """The journal of a partial run to continue, or None to start from scratch.
+
+    A partial run with no committed image holds nothing to lose, so it is started over whether
+    or not ``resume`` was asked (the caller holds the output lock: no live process writes it).
+    """
+    if not (os.path.exists(progress_path) and os.path.exists(partial_path)):
+        if resume:
+            log.info("nothing to resume for %s: starting from scratch", partial_path)
+        return None
+    try:
+        with open(progress_path) as f:
+            state = json.load(f)
+        n_done, n_total = int(state["n_done"]), int(state["n_total"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResumeError(f"{progress_path}: unreadable progress journal ({e}); delete it and {partial_path} "
+                          f"to start over") from None
+    if n_done == 0:
+        log.info("%s holds no finished image (its run stopped before the first commit): starting over",
+                 partial_path)
+        return None
+    if not resume:
+        raise ResumeError(
+            f"{partial_path} holds an interrupted run ({n_done} of {n_total} images done). Pass --resume "
+            f"(resume=True) to continue it, or delete {partial_path} and {progress_path} to start over.")
+    if state.get("fingerprint") != fingerprint:
+        raise ResumeError(
+            f"{partial_path} was started with different inputs or options (paths, dtype, resolution, "
+            f"--keep_failed, --fast_decode); resume needs the same ones, or delete {partial_path} "
+            f"and {progress_path} to start over.")
+    log.info("resuming %s: %d/%d images already done", partial_path, n_done, n_total)
+    return state
+
+
+def _check_build_args(n_paths: int, n_bits: int, resolution: object, dtype: str, num_workers: object,
+                      chunk_images: object) -> None:
+    """ValueError for arguments that cannot work, before any file is touched."""
+    def count(value: object) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if n_bits != n_paths:
+        raise ValueError(f"bits_stored has {n_bits} entries for {n_paths} paths")
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', not {dtype!r}")
+    if not count(chunk_images) or chunk_images < 1:
+        raise ValueError(f"chunk_images must be a positive integer, not {chunk_images!r}")
+    if not count(resolution) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, not {resolution!r}")
+    if num_workers is not None and (not count(num_workers) or num_workers < 0):
+        raise ValueError(f"num_workers must be a positive integer (None or 0: all cores), not {num_workers!r}")
+
+
+def _decode_into(f: h5py.File, paths: list[str], bits: list[int | None], state: dict, progress_path: str,
+                 partial_path: str, resolution: int, dtype: str, keep_failed: bool, fast_decode: bool,
+                 num_workers: int, chunk_images: int, desc: str) -> list[Failure]:
+    """Decode the images not done yet into the open partial file ``f``, committing every chunk."""
+    failures = [Failure(*x) for x in state["failed"]]
+    n_done, n_rows = state["n_done"], state["n_rows"]
+    tasks = [(i, paths[i], bits[i]) for i in range(n_done, len(paths))]
+    zeros = np.zeros((resolution, resolution), dtype=dtype)
+    dset = f[H5_KEY]
+
+    def commit() -> None:
+        """Make the rows written so far durable, then record how far the run got."""
+        with _writing(partial_path):
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        with _writing(progress_path):
+            _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
+                                           "failed": [[x.index, x.path, x.reason] for x in failures]})
+
+    with contextlib.closing(_results(tasks, resolution, fast_decode, num_workers)) as results, \
+            tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
+        for index, pixels, reason in results:
+            if pixels is None:
+                failures.append(Failure(index, paths[index], reason))
+                log.warning("image %d failed (%s): %s", index, reason, paths[index])
+                if keep_failed:
+                    with _writing(partial_path):
+                        dset[n_rows] = zeros
+                    n_rows += 1
+            else:
+                with _writing(partial_path):
+                    dset[n_rows] = pixels
+                n_rows += 1
+            n_done = index + 1
+            bar.update(1)
+            if n_done % chunk_images == 0:
+                commit()
+    if dset.shape[0] != n_rows:
+        with _writing(partial_path):
+            dset.resize(n_rows, axis=0)
+    commit()
+    return failures
+
+
+def _build(cxr_paths: Iterable[str], out_filepath: str, resolution: int, *, num_workers: int | None,
+           dtype: str, keep_failed: bool, fast_decode: bool, resume: bool,
+           bits_stored: Sequence[int | None] | None, chunk_images: int, desc: str, publish: bool
+           ) -> list[Failure]:
+    paths = [str(p) for p in cxr_paths]
+    bits = list(bits_stored) if bits_stored is not None else [None] * len(paths)
+    _check_build_args(len(paths), len(bits), resolution, dtype, num_workers, chunk_images)
+    num_workers = num_workers or os.cpu_count() or 1
+    partial_path, progress_path = _partial_paths(out_filepath)
+    fingerprint = _fingerprint(paths, bits, resolution, dtype, keep_failed, fast_decode)
+
+    with output_lock(out_filepath):
+        state = _resumable_state(partial_path, progress_path, fingerprint, resume)
+        if state is not None:
+            _check_space(partial_path, _bytes_to_write(partial_path), resuming=True)
+        else:
+            _check_space(partial_path, len(paths) * resolution * resolution * np.dtype(dtype).itemsize,
+                         resuming=False)
+            state = {"fingerprint": fingerprint, "n_total": len(paths), "n_done": 0, "n_rows": 0, "failed": []}
+            try:
+                with _writing(partial_path):
+                    _create_partial_h5(partial_path, len(paths), resolution, dtype)
+                with _writing(progress_path):
+                    _save_progress(progress_path, state)
+            except _WriteFailed as e:
+                _remove_partial(partial_path, progress_path)
+                reason, _ = _write_reason(e.error)
+                raise OutputWriteError(f"{e.path}: cannot create it: {reason}. Nothing was written; free "
+                                       f"space (or fix the folder), then run again") from None
+        try:
+            # No chunk cache: each row goes to the file as it is written, so a full disk fails that
+            # write, with nothing left in memory for the close to flush (a failed flush at close
+            # made HDF5 crash the interpreter).
+            with _writing(partial_path):
+                f = h5py.File(partial_path, "r+", rdcc_nbytes=0)
+            try:
+                failures = _decode_into(f, paths, bits, state, progress_path, partial_path, resolution, dtype,
+                                        keep_failed, fast_decode, num_workers, chunk_images, desc)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    f.close()
+                raise
+            with _writing(partial_path):
+                f.close()
+        except BaseException as err:
+            _after_failure(err, partial_path, progress_path, len(paths))
+            raise   # not reached for the errors _after_failure replaces
+        if publish:
+            finalize_h5(out_filepath)
+    return failures
+
+
+def _after_failure(err: BaseException, partial_path: str, progress_path: str, n_total: int) -> None:
+    """Clean up after a run that stopped, and raise the error the user should see.
+
+    Nothing committed: the partial files are removed, so the next call starts afresh. Otherwise
+    they stay for ``--resume`` (``resume=True``) and the error (or a warning) says so.
+    """
+    need = _bytes_to_write(partial_path)
+    saved = _saved_count(progress_path)
+    if saved == 0:
+        _remove_partial(partial_path, progress_path)
+
+    def then(fix: str) -> str:
+        if saved == 0:
+            return f"Nothing was saved (its partial files are removed): {fix}run again."
+        return (f"{saved} of {n_total} images are saved in {partial_path}: {fix}run again with --resume "
+                f"(resume=True) to continue from there.")
+
+    if isinstance(err, _WriteFailed):
+        reason, full = _write_reason(err.error)
+        if full:
+            free = _free_bytes(err.path)
+            raise OutputWriteError(
+                f"{err.path}: write failed: {reason} ({_size(free or 0)} free; the images not written yet need "
+                f"about {_size(need)} more). {then('free space, then ')}") from None
+        raise OutputWriteError(f"{err.path}: write failed: {reason}. {then('fix that, then ')}") from None
+    if isinstance(err, WorkerPoolError):
+        raise WorkerPoolError(f"{err} {then('')}") from None
+    if saved:
+        log.warning("stopped by %s: %s", type(err).__name__, then(""))
 
 
 def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: int = RESOLUTION, *,
@@ -294,73 +800,18 @@ def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: in
     inputs the file is flushed and ``<out>.partial.json`` records how far it got; with
     ``resume=True`` an interrupted run continues from there with the identical result.
     Returns the failures; call :func:`finalize_h5` to publish the file.
+
+    Safe to call again after anything: a run that stopped before its first commit leaves no
+    partial files (nor does a kill -9 at that point block the next call); a later one keeps them
+    and raises (or warns) how to continue. ``<out_filepath>.lock`` is held while it runs, so a
+    second process is told a live one is writing. A file system without room for the images
+    is refused up front, and a write that fails anyway (disk full, I/O error) raises
+    :class:`OutputWriteError` naming the file, never a crash. Worker processes (``num_workers``,
+    default all cores) never re-run the caller's ``__main__``.
     """
-    paths = [str(p) for p in cxr_paths]
-    bits = list(bits_stored) if bits_stored is not None else [None] * len(paths)
-    if len(bits) != len(paths):
-        raise ValueError(f"bits_stored has {len(bits)} entries for {len(paths)} paths")
-    if dtype not in ("uint8", "float32"):
-        raise ValueError(f"dtype must be 'uint8' or 'float32', not {dtype!r}")
-    num_workers = num_workers or os.cpu_count() or 1
-    partial_path, progress_path = _partial_paths(out_filepath)
-    fingerprint = _fingerprint(paths, bits, resolution, dtype, keep_failed, fast_decode)
-
-    state = None
-    if os.path.exists(progress_path) and os.path.exists(partial_path):
-        if not resume:
-            raise ResumeError(
-                f"{partial_path} holds an interrupted run. Pass --resume (resume=True) to continue it, "
-                f"or delete {partial_path} and {progress_path} to start over.")
-        with open(progress_path) as f:
-            state = json.load(f)
-        if state.get("fingerprint") != fingerprint:
-            raise ResumeError(
-                f"{partial_path} was started with different inputs or options (paths, dtype, resolution, "
-                f"--keep_failed, --fast_decode); resume needs the same ones, or delete {partial_path} "
-                f"and {progress_path} to start over.")
-        log.info("resuming %s: %d/%d images already done", partial_path, state["n_done"], len(paths))
-    if state is None:
-        if resume:
-            log.info("nothing to resume for %s: starting from scratch", out_filepath)
-        Path(out_filepath).parent.mkdir(parents=True, exist_ok=True)
-        _create_partial_h5(partial_path, len(paths), resolution, dtype)
-        state = {"fingerprint": fingerprint, "n_total": len(paths), "n_done": 0, "n_rows": 0, "failed": []}
-        _save_progress(progress_path, state)
-
-    failures = [Failure(*f) for f in state["failed"]]
-    n_done, n_rows = state["n_done"], state["n_rows"]
-    tasks = [(i, paths[i], bits[i]) for i in range(n_done, len(paths))]
-    zeros = np.zeros((resolution, resolution), dtype=dtype)
-
-    with h5py.File(partial_path, "r+") as f, \
-            tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
-        dset = f[H5_KEY]
-
-        def commit() -> None:
-            """Make the rows written so far durable, then record how far the run got."""
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
-            _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
-                                           "failed": [[x.index, x.path, x.reason] for x in failures]})
-
-        for index, pixels, reason in _results(tasks, resolution, fast_decode, num_workers):
-            if pixels is None:
-                failures.append(Failure(index, paths[index], reason))
-                log.warning("image %d failed (%s): %s", index, reason, paths[index])
-                if keep_failed:
-                    dset[n_rows] = zeros
-                    n_rows += 1
-            else:
-                dset[n_rows] = pixels
-                n_rows += 1
-            n_done = index + 1
-            bar.update(1)
-            if n_done % chunk_images == 0:
-                commit()
-        if dset.shape[0] != n_rows:
-            dset.resize(n_rows, axis=0)
-        commit()
-    return failures
+    return _build(cxr_paths, out_filepath, resolution, num_workers=num_workers, dtype=dtype,
+                  keep_failed=keep_failed, fast_decode=fast_decode, resume=resume, bits_stored=bits_stored,
+                  chunk_images=chunk_images, desc=desc, publish=False)
 
 
 def finalize_h5(out_filepath: str) -> None:
@@ -374,18 +825,22 @@ def finalize_h5(out_filepath: str) -> None:
     os.remove(progress_path)
 
 
-def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = RESOLUTION, **kwargs
-                ) -> list[Failure]:
+def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = RESOLUTION, *,
+                num_workers: int | None = None, dtype: str = "uint8", keep_failed: bool = False,
+                fast_decode: bool = False, resume: bool = False,
+                bits_stored: Sequence[int | None] | None = None, chunk_images: int = 256,
+                desc: str = "images") -> list[Failure]:
     """Write every image of ``cxr_paths`` to ``out_filepath`` (dataset ``cxr``, shape (N, res, res)).
 
     Same meaning as the original, made safe: uint8 by default (``dtype="float32"`` for the
     original's layout, same values), parallel decode, failures returned instead of silent
-    zero rows (see :func:`build_h5_partial` for the keyword options), file published only
-    when complete.
+    zero rows (see :func:`build_h5_partial` for the keyword options and what happens when a
+    run stops), file published only when complete. Works from any ``__main__``: a script
+    without an ``if __name__ == "__main__":`` guard, ``python - < script.py``, a notebook.
     """
-    failures = build_h5_partial(cxr_paths, out_filepath, resolution, **kwargs)
-    finalize_h5(out_filepath)
-    return failures
+    return _build(cxr_paths, out_filepath, resolution, num_workers=num_workers, dtype=dtype,
+                  keep_failed=keep_failed, fast_decode=fast_decode, resume=resume, bits_stored=bits_stored,
+                  chunk_images=chunk_images, desc=desc, publish=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -393,12 +848,35 @@ def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = R
 # --------------------------------------------------------------------------------------
 
 
+def find_files(directory: str, suffix: str = ".jpg") -> tuple[list[str], Counter]:
+    """(every file under ``directory`` ending in ``suffix``, sorted part by part; a count of the
+    other files by extension, ``(none)`` for names without one)."""
+    files, skipped = [], Counter()
+    for dirpath, _, names in os.walk(directory):
+        for name in names:
+            if name.endswith(suffix):
+                files.append(os.path.join(dirpath, name))
+            else:
+                skipped[os.path.splitext(name)[1] or "(none)"] += 1
+    return sorted(files, key=lambda p: Path(p).parts), skipped
+
+
+def describe_skipped(skipped: Counter) -> str:
+    """'12 files (.png: 10, .txt: 2)': most frequent extension first."""
+    counts = ", ".join(f"{ext}: {n}" for ext, n in sorted(skipped.items(), key=lambda item: (-item[1], item[0])))
+    total = sum(skipped.values())
+    return f"{total} file{'s' if total != 1 else ''} ({counts})"
+
+
 def get_files(directory: str, suffix: str = ".jpg") -> list[str]:
     """Every ``*.jpg`` under ``directory``, sorted part by part (deterministic on any machine,
-    unlike the original's filesystem order)."""
-    files = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(directory)
-             for name in names if name.endswith(suffix)]
-    return sorted(files, key=lambda p: Path(p).parts)
+    unlike the original's filesystem order). Files with another extension (``.png``, ``.jpeg``,
+    ``.JPG``, ``.dcm``, ...) are left out and counted in one warning, so a folder of PNGs is
+    not silently 'no images'."""
+    files, skipped = find_files(directory, suffix)
+    if skipped:
+        log.warning("%s: skipped %s that do not end in %s", directory, describe_skipped(skipped), suffix)
+    return files
 
 
 def get_cxr_path_csv(out_filepath: str, directory: str) -> None:
