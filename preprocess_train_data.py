@@ -14,11 +14,18 @@ and a labels CSV (``--labels_out_path``) whose row i is image i.
 Invariant for every dataset type: h5 rows == CSV rows == images that decoded (failures are
 listed in ``failed_images.csv``), unless ``--keep_failed`` keeps all-zero rows as the
 original did. Output files appear only when complete; ``--resume`` continues a killed run.
+
+When something goes wrong: a user error (a missing folder or file, a bad flag, a full disk, an
+output another live run is writing, an interrupted run without ``--resume``) is one line on
+stderr and exit status 2 (``--debug`` shows the traceback). A run that stops after its first
+committed chunk keeps ``<cxr_out_path>.partial`` for ``--resume``; one that stops before it leaves
+nothing. ``<cxr_out_path>.lock`` is held while the images are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 import data_process as dp
+from errors import ArgumentParser, UserError, positive_int, run_cli
 
 log = logging.getLogger("preprocess")
 
@@ -37,7 +45,7 @@ MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 
 
-class PreprocessError(Exception):
+class PreprocessError(UserError):
     """A problem with the inputs the user can fix; printed without a traceback."""
 
 
@@ -52,7 +60,7 @@ class Plan:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_type", default="mimic", choices=list(PLANS),
                    help="mimic: training images + impressions. chexpert-test: sorted view1_frontal.jpg "
                         "images aligned to groundtruth.csv by Study. chexpert-valid: Frontal rows of "
@@ -82,8 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--failed_out_path", default=None,
                    help="CSV listing every image left out with its reason (default: failed_images.csv next "
                         "to --cxr_out_path; give distinct paths when several datasets share a folder)")
-    p.add_argument("--num_workers", type=int, default=len(os.sched_getaffinity(0)),
-                   help="decode+resize processes (default: all cores)")
+    p.add_argument("--num_workers", type=positive_int, default=len(os.sched_getaffinity(0)),
+                   help="decode+resize processes (default: all cores; 1 decodes in this process)")
     p.add_argument("--dtype", default="uint8", choices=("uint8", "float32"),
                    help="h5 pixel type; values are 0..255 either way, uint8 is 4x smaller (default uint8)")
     p.add_argument("--views", default=None,
@@ -107,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(deviation in bench/README.md)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed chunk (same inputs and options)")
-    p.add_argument("--chunk_images", type=int, default=256, help="images per crash-safe commit (default 256)")
+    p.add_argument("--chunk_images", type=positive_int, default=256,
+                   help="images per crash-safe commit (default 256)")
     return p.parse_args(argv)
 
 
@@ -127,6 +136,21 @@ def _find_file(explicit: str | None, candidates: list[Path], what: str) -> Path:
                           f"Pass --labels_path (or --metadata_path) explicitly.")
 
 
+def _read_csv(path: Path | str, **kwargs) -> pd.DataFrame:
+    """pd.read_csv, with a file that is not a readable CSV (or lacks asked-for columns) as a user error."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PreprocessError(f"{path}: not a readable CSV of the expected kind ({first})") from None
+
+
+def _require_columns(df: pd.DataFrame, columns: tuple[str, ...] | list[str], path: Path | str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise PreprocessError(f"{path} lacks columns {missing}")
+
+
 def _labels_out(args: argparse.Namespace) -> str:
     return args.labels_out_path or str(Path(args.cxr_out_path).with_suffix("")) + "_labels.csv"
 
@@ -141,7 +165,7 @@ def _filter_views(paths: list[str], args: argparse.Namespace) -> list[str]:
     views = {v.upper() for v in _split_list(args.views)}
     meta_file = _find_file(args.metadata_path, [Path(args.chest_x_ray_path).parent / MIMIC_METADATA],
                            "MIMIC metadata CSV")
-    meta = pd.read_csv(meta_file, usecols=["dicom_id", "ViewPosition"], dtype=str)
+    meta = _read_csv(meta_file, usecols=["dicom_id", "ViewPosition"], dtype=str)
     view_of = dict(zip(meta["dicom_id"], meta["ViewPosition"].fillna("").str.strip().str.upper()))
     unknown = [p for p in paths if Path(p).stem not in view_of]
     if unknown:
@@ -160,9 +184,12 @@ def plan_mimic(args: argparse.Namespace) -> Plan:
     if not Path(args.radiology_reports_path).is_dir():
         raise PreprocessError(f"--radiology_reports_path {args.radiology_reports_path} is not a folder "
                               f"(expected the mimic-cxr reports files/ with pXX/pXXXXXXXX/sXXXXXXXX.txt)")
-    paths = dp.get_files(root)
+    paths, skipped = dp.find_files(root)
     if not paths:
-        raise PreprocessError(f"no .jpg files under {root}")
+        found = f"; it holds {dp.describe_skipped(skipped)}" if skipped else ""
+        raise PreprocessError(f"no .jpg files under {root}{found} (MIMIC-CXR-JPG images end in .jpg)")
+    if skipped:
+        log.warning("%s: skipped %s that do not end in .jpg", root, dp.describe_skipped(skipped))
     log.info("found %d images under %s", len(paths), root)
     if args.views:
         paths = _filter_views(paths, args)
@@ -180,7 +207,10 @@ def plan_mimic(args: argparse.Namespace) -> Plan:
         dropped = [(p, f"missing report {dp.report_path(p, args.radiology_reports_path)}") for p in missing]
         paths = [p for p in paths if p not in missing_set]
 
-    filenames, impressions = dp.impressions_for(paths, args.radiology_reports_path, args.impression_rule)
+    try:
+        filenames, impressions = dp.impressions_for(paths, args.radiology_reports_path, args.impression_rule)
+    except (FileNotFoundError, ValueError) as e:   # a report that vanished, or is not UTF-8 text
+        raise PreprocessError(str(e)) from None
     log.info("%d captions (%s rule), %d are '%s'", len(impressions), args.impression_rule,
              sum(i == dp.NO_IMPRESSION for i in impressions), dp.NO_IMPRESSION)
     tables = {args.csv_out_path or "data/cxr_paths.csv": pd.DataFrame({"Path": paths}),
@@ -199,10 +229,8 @@ def plan_chexpert_test(args: argparse.Namespace) -> Plan:
     root = Path(args.chest_x_ray_path)
     gt_file = _find_file(args.labels_path, [root / "groundtruth.csv", root.parent / "groundtruth.csv"],
                          "CheXpert test groundtruth.csv")
-    gt = pd.read_csv(gt_file)
-    missing_cols = [c for c in ("Study", *CHEXPERT_LABELS) if c not in gt.columns]
-    if missing_cols:
-        raise PreprocessError(f"{gt_file} lacks columns {missing_cols}")
+    gt = _read_csv(gt_file)
+    _require_columns(gt, ("Study", *CHEXPERT_LABELS), gt_file)
     gt["key"] = gt["Study"].map(_study_key)
     if gt["key"].duplicated().any():
         raise PreprocessError(f"{gt_file}: duplicate Study {gt.loc[gt['key'].duplicated(), 'Study'].iloc[0]}")
@@ -240,10 +268,8 @@ def plan_chexpert_valid(args: argparse.Namespace) -> Plan:
     csv_file = _find_file(args.labels_path, [root / "CheXpert-v1.0-small" / "valid.csv",
                                              root / "CheXpert-v1.0" / "valid.csv", root / "valid.csv"],
                           "CheXpert valid.csv")
-    df = pd.read_csv(csv_file)
-    missing_cols = [c for c in ("Path", "Frontal/Lateral", *CHEXPERT_LABELS) if c not in df.columns]
-    if missing_cols:
-        raise PreprocessError(f"{csv_file} lacks columns {missing_cols}")
+    df = _read_csv(csv_file)
+    _require_columns(df, ("Path", "Frontal/Lateral", *CHEXPERT_LABELS), csv_file)
     df = df[df["Frontal/Lateral"].astype(str).str.strip() == "Frontal"].reset_index(drop=True)
     if df.empty:
         raise PreprocessError(f"no Frontal rows in {csv_file}")
@@ -273,7 +299,8 @@ def plan_padchest(args: argparse.Namespace) -> Plan:
     csv_file = _find_file(args.labels_path, [root / PADCHEST_CSV, root / (PADCHEST_CSV + ".gz"),
                                              root.parent / PADCHEST_CSV, root.parent / (PADCHEST_CSV + ".gz")],
                           "PadChest CSV")
-    df = pd.read_csv(csv_file, low_memory=False)
+    df = _read_csv(csv_file, low_memory=False)
+    _require_columns(df, ("ImageID", "ImageDir", "Labels", "MethodLabel", "Projection"), csv_file)
     projections = set(_split_list(args.projections))
     physician = df["MethodLabel"].astype(str).str.strip() == "Physician"
     df = df[physician & df["Projection"].astype(str).str.strip().isin(projections)].reset_index(drop=True)
@@ -310,29 +337,46 @@ PLANS = {"mimic": plan_mimic, "chexpert-test": plan_chexpert_test,
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str) -> None:
-    """Write a CSV via a temporary file and a rename, so a crash never leaves half a file."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write a CSV via a temporary file and a rename, so a crash never leaves half a file.
+
+    A write that fails (disk full, no permission) removes the temporary file and raises
+    :class:`data_process.OutputWriteError` naming ``path``; the decoded images are kept, so
+    ``--resume`` finishes the run once the cause is fixed.
+    """
     tmp = path + ".tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise dp.OutputWriteError(f"{path}: cannot write it: {reason}. The images are decoded and kept: fix "
+                                  f"that (free space, or another path), then run again with --resume") from None
 
 
 def run(args: argparse.Namespace) -> None:
-    """Plan, decode into the partial h5, then publish the aligned CSVs and the h5."""
-    plan = PLANS[args.dataset_type](args)
-    failures = dp.build_h5_partial(
-        plan.paths, args.cxr_out_path, num_workers=args.num_workers, dtype=args.dtype,
-        keep_failed=args.keep_failed, fast_decode=args.fast_decode, resume=args.resume,
-        bits_stored=plan.bits, chunk_images=args.chunk_images, desc=args.dataset_type)
-    failed_rows = {f.index for f in failures}
-    kept = [i for i in range(len(plan.paths)) if args.keep_failed or i not in failed_rows]
+    """Plan, decode into the partial h5, then publish the aligned CSVs and the h5.
 
-    failed = pd.DataFrame(plan.dropped + [(f.path, f.reason) for f in failures], columns=["Path", "reason"])
-    failed_out = args.failed_out_path or str(Path(args.cxr_out_path).parent / "failed_images.csv")
-    write_csv_atomic(failed, failed_out)
-    for out_path, table in plan.tables.items():
-        write_csv_atomic(table.iloc[kept].reset_index(drop=True), out_path)
-    dp.finalize_h5(args.cxr_out_path)
+    The output's lock is held from the first write to the publication, so a second run on the
+    same ``--cxr_out_path`` is told that a live process is writing it (planning writes nothing).
+    """
+    plan = PLANS[args.dataset_type](args)
+    with dp.output_lock(args.cxr_out_path):
+        failures = dp.build_h5_partial(
+            plan.paths, args.cxr_out_path, num_workers=args.num_workers, dtype=args.dtype,
+            keep_failed=args.keep_failed, fast_decode=args.fast_decode, resume=args.resume,
+            bits_stored=plan.bits, chunk_images=args.chunk_images, desc=args.dataset_type)
+        failed_rows = {f.index for f in failures}
+        kept = [i for i in range(len(plan.paths)) if args.keep_failed or i not in failed_rows]
+
+        failed = pd.DataFrame(plan.dropped + [(f.path, f.reason) for f in failures], columns=["Path", "reason"])
+        failed_out = args.failed_out_path or str(Path(args.cxr_out_path).parent / "failed_images.csv")
+        write_csv_atomic(failed, failed_out)
+        for out_path, table in plan.tables.items():
+            write_csv_atomic(table.iloc[kept].reset_index(drop=True), out_path)
+        dp.finalize_h5(args.cxr_out_path)
     log.info("wrote %s: %d rows (%s); %d images failed to decode%s; %d left out before decoding; "
              "failures listed in %s", args.cxr_out_path, len(kept), args.dtype, len(failures),
              " (kept as zero rows)" if args.keep_failed and failures else "", len(plan.dropped), failed_out)
@@ -340,15 +384,19 @@ def run(args: argparse.Namespace) -> None:
         log.info("wrote %s", out_path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (PreprocessError, dp.ResumeError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 2
+def _main(argv: list[str] | None) -> int:
+    run(parse_args(argv))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 when every output is written, 2 for a user error (one line on stderr;
+    a bad flag too, whose exit argparse would raise)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_cli(_main, argv)
+    except SystemExit as stop:   # a bad flag (2, its line already printed) or --help (0)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
 
 
 if __name__ == "__main__":

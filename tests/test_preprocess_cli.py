@@ -137,11 +137,12 @@ def test_views_filter_and_mimic_rule(mimic, tmp_path):
                                                                                   "No acute process."]
 
 
-def test_missing_report_is_an_error_or_skipped(mimic, tmp_path, caplog):
+def test_missing_report_is_an_error_or_skipped(mimic, tmp_path, capsys):
     (mimic / "mimic-cxr/2.0.0/files/p10/p10000032/s51000002.txt").unlink()
     out = tmp_path / "out"
     assert cli.main(mimic_args(mimic, out)) == 2
-    assert "p10/p10000032/s51000002.txt" in caplog.text and "--missing_report skip" in caplog.text
+    error = capsys.readouterr().err     # the user error is one line on stderr
+    assert "p10/p10000032/s51000002.txt" in error and "--missing_report skip" in error
     assert not out.exists() or not any(out.iterdir())
     assert cli.main(mimic_args(mimic, out, "--missing_report", "skip")) == 0
     assert [Path(p).stem for p in pd.read_csv(out / "cxr_paths.csv")["Path"]] == ["a1", "b1", "f3"]
