@@ -32,18 +32,12 @@ import io
 import json
 import logging
 import math
-import multiprocessing
-import multiprocessing.connection
-import multiprocessing.context
-import multiprocessing.process
 import os
 import re
 import shutil
-import signal
-import sys
 import threading
-import types
-from collections import Counter, deque
+from collections import Counter
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -56,7 +50,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import run_lock
+import worker_pool
 from errors import UserError
+from worker_pool import WorkerPoolError
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +83,6 @@ class ResumeError(UserError):
 class OutputWriteError(UserError):
     """An output that could not be written (disk full, no permission, I/O error). What was
     committed before stays resumable; the message says what to free and how to continue."""
-
-
-class WorkerPoolError(UserError):
-    """A decode worker process that could not start or died (killed, out of memory, crashed)."""
 
 
 @dataclass(frozen=True)
@@ -251,200 +243,9 @@ def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: 
         return index, None, f"OpenCV error: {e.err or e}"
 
 
-def _load_batch(tasks: list[tuple[int, str, int | None]], resolution: int, fast_decode: bool
-                ) -> list[tuple[int, np.ndarray | None, str | None]]:
-    """Worker: a few tasks per round trip between the processes."""
-    return [_load_task(task, resolution, fast_decode) for task in tasks]
-
-
 def _init_worker() -> None:
-    """One OpenCV thread per worker process: parallelism comes from the processes. Ctrl-C is
-    the parent's to handle (it stops the pool); a worker would only print a traceback."""
+    """One OpenCV thread per worker process: parallelism comes from the processes."""
     cv2.setNumThreads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# ---- Worker processes that never re-run the caller's __main__
-
-_MAIN_SWAP = threading.Lock()
-
-
-@contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """While a worker process is launched, show multiprocessing a ``__main__`` with nothing to re-run.
-
-    spawn prepares each child by re-running the parent's ``__main__`` (by path, or by module
-    name under ``python -m``), so that functions defined there can be unpickled. The decode
-    workers need nothing from it (their code lives in this module), and re-running it is what
-    breaks: a script without an ``if __name__ == "__main__":`` guard calls ``img_to_hdf5`` again
-    inside every starting worker, which then dies, and ``python - < script.py`` names a file
-    ``<stdin>`` that does not exist (``multiprocessing.Pool`` replaced such dead workers forever).
-    Only a lookup of ``sys.modules["__main__"]`` made during a launch sees the stand-in; the
-    real module keeps running with its own globals.
-    """
-    with _MAIN_SWAP:
-        real = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")   # no __file__, no __spec__
-        try:
-            yield
-        finally:
-            if real is None:
-                sys.modules.pop("__main__", None)
-            else:
-                sys.modules["__main__"] = real
-
-
-class _WorkerProcess(multiprocessing.context.SpawnProcess):
-    """A spawn process launched with :func:`_main_module_hidden`."""
-
-    @staticmethod
-    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
-        with _main_module_hidden():
-            return multiprocessing.context.SpawnProcess._Popen(process_obj)
-
-
-class _WorkerContext(multiprocessing.context.SpawnContext):
-    """spawn, not fork: forking a parent whose OpenCV/torch thread pools are already running can
-    leave the children deadlocked on a lock held by a thread that was not copied. Its processes
-    start from a fresh interpreter that imports this module, never the caller's ``__main__``."""
-
-    Process = _WorkerProcess
-
-
-_BATCH = 4       # images per round trip to a worker
-_IN_FLIGHT = 2   # batches sent ahead to each worker: one to work on, one waiting
-_WINDOW = 4      # x workers: batches sent but not yet yielded (bounds the results held for reordering)
-
-
-def _worker_loop(conn, resolution: int, fast_decode: bool) -> None:
-    """A decode worker: batches of tasks in, their results out, on its own pipe, until ``None``
-    or the parent's end closes (the parent exited, however it exited)."""
-    _init_worker()
-    try:
-        while (batch := conn.recv()) is not None:
-            conn.send(_load_batch(batch, resolution, fast_decode))
-    except (EOFError, OSError):
-        pass
-
-
-def _exit_description(code: int | None) -> str:
-    if code is None:
-        return "still running, its pipe closed"
-    if code == -signal.SIGKILL:
-        return "killed by SIGKILL: out of memory?"
-    if code < 0:
-        return f"killed by signal {-code}"
-    return f"exit status {code}"
-
-
-class _Workers:
-    """Decode worker processes, each with its own pipe, fed batches by the calling thread alone.
-
-    Nothing here runs in a background thread, so nothing can wait forever on a pipe: a worker
-    that exits (however) closes its end, and the next send or receive on it fails.
-    """
-
-    def __init__(self, n: int, resolution: int, fast_decode: bool):
-        ctx = _WorkerContext()
-        self.processes: list[multiprocessing.process.BaseProcess] = []
-        self.conns: list[multiprocessing.connection.Connection] = []
-        self.queued: list[deque[int]] = []          # batch numbers sent to each worker, in order
-        try:
-            for _ in range(n):
-                ours, theirs = ctx.Pipe(duplex=True)
-                process = ctx.Process(target=_worker_loop, args=(theirs, resolution, fast_decode), daemon=True,
-                                      name="decode worker")
-                try:
-                    process.start()
-                finally:
-                    theirs.close()     # only the worker holds its end now: its exit is our end of file
-                self.processes.append(process)
-                self.conns.append(ours)
-                self.queued.append(deque())
-        except BaseException:
-            self.close(finished=False)
-            raise
-
-    def send(self, number: int, batch: list) -> bool:
-        """Give batch ``number`` to the least busy worker with room; False when none has."""
-        k = min(range(len(self.conns)), key=lambda j: len(self.queued[j]))
-        if len(self.queued[k]) >= _IN_FLIGHT:
-            return False
-        self._checked(self.conns[k].send, batch)
-        self.queued[k].append(number)
-        return True
-
-    def receive(self) -> list[tuple[int, list]]:
-        """(batch number, results) of every batch that is ready, waiting for at least one."""
-        busy = [k for k in range(len(self.conns)) if self.queued[k]]
-        ready = self._checked(multiprocessing.connection.wait, [self.conns[k] for k in busy])
-        return [(self.queued[k].popleft(), self._checked(self.conns[k].recv)) for k in busy if self.conns[k] in ready]
-
-    def _checked(self, call, *args):
-        try:
-            return call(*args)
-        except (EOFError, OSError):   # a worker's pipe closed: it is gone
-            for process in self.processes:
-                process.join(0.5)
-            dead = next((p for p in self.processes if not p.is_alive()), self.processes[0])
-            raise WorkerPoolError(
-                f"a decode worker process (pid {dead.pid}) stopped before finishing its images "
-                f"({_exit_description(dead.exitcode)}): it could not start (its own error is printed above), "
-                f"was killed or crashed. Fewer workers (--num_workers, num_workers=) use less memory; 1 "
-                f"decodes in this process.") from None
-
-    def close(self, finished: bool) -> None:
-        """Let the workers exit (``finished``), or terminate them: their half-done images are not
-        needed any more, and one stuck on a read must not keep the caller waiting."""
-        for process, conn in zip(self.processes, self.conns):
-            if finished:
-                with contextlib.suppress(OSError):
-                    conn.send(None)
-            elif process.is_alive():
-                process.terminate()
-            conn.close()
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-
-def _results(tasks: list[tuple[int, str, int | None]], resolution: int, fast_decode: bool,
-             num_workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """Decoded images in task order, from ``num_workers`` processes (in-process for 1).
-
-    Batches go to whichever worker has room and come back as they are ready; a bounded window
-    of batches is out at a time, so memory stays flat however slow the writer. A worker that
-    cannot start or dies (killed, out of memory, crashed) ends the run with
-    :class:`WorkerPoolError` (``multiprocessing.Pool`` replaced such workers endlessly and
-    waited for their results forever). Closing the generator early (an exception, Ctrl-C)
-    terminates the workers.
-    """
-    if num_workers <= 1 or len(tasks) <= 1 or multiprocessing.current_process().daemon:
-        # (a daemonic process, e.g. a multiprocessing.Pool worker, may not start processes)
-        for task in tasks:
-            yield _load_task(task, resolution, fast_decode)
-        return
-    batches = [tasks[i:i + _BATCH] for i in range(0, len(tasks), _BATCH)]
-    workers, finished = None, False
-    try:
-        workers = _Workers(min(num_workers, len(batches)), resolution, fast_decode)
-        window = _WINDOW * len(workers.processes)
-        ready: dict[int, list] = {}
-        sent = yielded = 0
-        while yielded < len(batches):
-            while sent < min(len(batches), yielded + window) and workers.send(sent, batches[sent]):
-                sent += 1
-            if yielded in ready:
-                yield from ready.pop(yielded)
-                yielded += 1
-            else:
-                ready.update(workers.receive())
-        finished = True
-    finally:
-        if workers is not None:
-            workers.close(finished)
 
 
 # ---- The output: lock, free space, writes that fail cleanly
@@ -680,7 +481,9 @@ def _decode_into(f: h5py.File, paths: list[str], bits: list[int | None], state: 
             _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
                                            "failed": [[x.index, x.path, x.reason] for x in failures]})
 
-    with contextlib.closing(_results(tasks, resolution, fast_decode, num_workers)) as results, \
+    decoded = worker_pool.imap(partial(_load_task, resolution=resolution, fast_decode=fast_decode), tasks,
+                               num_workers, initializer=_init_worker, what="decode worker")
+    with contextlib.closing(decoded) as results, \
             tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
         for index, pixels, reason in results:
             if pixels is None:

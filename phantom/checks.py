@@ -11,7 +11,7 @@ import numpy as np
 
 from . import streams
 from .canvas import sample_anatomy
-from .images import pool, render
+from .images import parallel_map, render
 from .labels import COMPETITION, Finding
 from .reports import findings_for_labels, iu_reports, sample_label_rows
 
@@ -50,8 +50,7 @@ def learnability(n: int = 600, seed: int = 0, size: int = 64, workers: int | Non
     rows = sample_label_rows(n, {label: 0.35 for label in COMPETITION}, rng)
     reports = iu_reports()
     jobs = [(seed, i, findings_for_labels(labels, reports[r], rng), size) for i, (r, labels) in enumerate(rows)]
-    with pool(workers or os.cpu_count() or 1) as p:
-        images = np.stack(list(p.map(_render_thumbnail, jobs, chunksize=8)))
+    images = np.stack(list(parallel_map(_render_thumbnail, jobs, workers or os.cpu_count() or 1)))
     x = images.reshape(n, -1)
     x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
     train, test = np.arange(n) < 2 * n // 3, np.arange(n) >= 2 * n // 3

@@ -1,18 +1,19 @@
 """Images: a study's radiograph rendered in either view, and image files written in parallel.
 
-`pool` is the package's one process pool (the image writer and the learnability check use it).
+`parallel_map` is the package's one way to use worker processes (the image writer and the learnability check use it).
 Each ImageJob carries the keys of its own random streams (streams.stream_key), so an image's
 bytes depend neither on the number of workers nor on the order they run in.
 """
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+import worker_pool
 
 from .canvas import Anatomy, Canvas, anatomy_with, sample_anatomy, sample_pose
 from .frontal import FRONTAL_FINDINGS, draw_frontal_anatomy
@@ -73,19 +74,19 @@ def write_image(job: ImageJob) -> None:
     Path(job.path).write_bytes(data)
 
 
-def pool(workers: int):
-    """A pool of `workers` fresh processes (spawned, not forked: a fork inherits OpenCV's and
-    torch's thread-pool locks and can deadlock), each with single-threaded OpenCV."""
-    return multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,))
+def _single_threaded_opencv() -> None:
+    cv2.setNumThreads(1)   # a worker process: parallelism comes from the processes
+
+
+def parallel_map(func, items: list, workers: int):
+    """``func`` over ``items`` in order, in ``workers`` processes (:func:`worker_pool.imap`: spawned,
+    never re-running the caller's ``__main__``, an error rather than a hang if one dies)."""
+    return worker_pool.imap(func, items, workers, batch=8, initializer=_single_threaded_opencv,
+                            what="phantom drawing worker")
 
 
 def write_images(jobs: list[ImageJob], workers: int) -> None:
     """Write all images, in parallel; each job carries its own seeds, so the bytes do not
     depend on the number of workers or their order."""
-    if workers <= 1:
-        for job in tqdm(jobs, desc="images", unit="img"):
-            write_image(job)
-        return
-    with pool(workers) as p:
-        for _ in tqdm(p.imap_unordered(write_image, jobs, chunksize=8), total=len(jobs), desc="images", unit="img"):
-            pass
+    for _ in tqdm(parallel_map(write_image, jobs, workers), total=len(jobs), desc="images", unit="img"):
+        pass

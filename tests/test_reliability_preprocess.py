@@ -253,7 +253,7 @@ def test_a_pool_whose_workers_cannot_start_is_an_error_not_a_hang(tmp_path):
     paths, _ = mimic_tree(tmp_path / "data", 6)
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("data_process.py", "errors.py", "run_lock.py"):
+    for name in ("data_process.py", "errors.py", "run_lock.py", "worker_pool.py"):
         shutil.copy(REPO / name, lib / name)
     out = tmp_path / "cxr.h5"
     script = tmp_path / "script.py"
@@ -268,7 +268,7 @@ data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
                                     stderr=subprocess.PIPE, text=True, start_new_session=True))
     _, stderr = finish(proc)
     assert proc.returncode != 0
-    assert re.search(r"WorkerPoolError: a decode worker process \(pid \d+\) stopped before finishing its images "
+    assert re.search(r"WorkerPoolError: a decode worker process \(pid \d+\) stopped before finishing its share "
                      r"\(exit status 1\): it could not start", stderr), stderr
     assert "Nothing was saved" in stderr
     assert stderr.count("No module named 'data_process'") <= 2      # two workers, no respawning
@@ -304,7 +304,7 @@ data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
     finally:
         paused.close()
     assert proc.returncode != 0
-    assert f"a decode worker process (pid {worker}) stopped before finishing its images (killed by SIGKILL" in stderr
+    assert f"a decode worker process (pid {worker}) stopped before finishing its share (killed by SIGKILL" in stderr
     assert leftovers(tmp_path) == [] and not out.exists()
 
 
