@@ -11,7 +11,6 @@ Nothing here touches the network at import. :func:`load` looks for OpenAI weight
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -63,10 +62,6 @@ class CheckpointMismatchError(CheckpointError):
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
     """No file at the checkpoint path (a FileNotFoundError as before)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno.ENOENT  # an OSError with an errno: errors.run_cli prints it, not a traceback
 
 
 class TextTooLongError(UserError, RuntimeError):

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from errors import UserError, add_debug_flag, run_cli
+from errors import ArgumentParser, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent
 # Prompts for validation and test. 93% of the phantom impressions (IU report text) end with a
@@ -54,13 +54,12 @@ def run(stage: str, cmd: list[str], outputs: list[Path], force: bool, timings: d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--force", action="store_true", help="rebuild every stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=".", help="folder that receives data/, checkpoints/ and results/ "
                    "(default: the repository)")
-    add_debug_flag(p)
     args = p.parse_args(argv)
     s = SCALES[args.scale]
     name = "demo" if args.scale == "full" else args.scale

@@ -48,20 +48,22 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a count or a size; argparse names the flag on error)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (argparse names the flag in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (e.g. a number of worker processes, 0 meaning none)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+positive_int = int_at_least(1)       # a count or a size
+non_negative_int = int_at_least(0)   # e.g. worker processes, 0 meaning none
 
 
 def positive_float(text: str) -> float:

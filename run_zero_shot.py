@@ -20,7 +20,6 @@ user error is one line on stderr and exit status 2; --debug (or CHEXZERO_DEBUG=1
 from __future__ import annotations
 
 import argparse
-import errno
 import glob
 import json
 import logging
@@ -44,34 +43,10 @@ DATASETS = ("chexpert", "padchest")
 class ModelPathError(UserError, FileNotFoundError):
     """A --model_paths entry that names no checkpoint (a FileNotFoundError, as before)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno.ENOENT  # an OSError with an errno: errors.run_cli prints it as one line
 
 
 class LabelSelectionError(UserError, ValueError):
     """No label is left to evaluate (a ValueError, as before)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line, like every other user error (the usage is on --help)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(errors.USER_ERROR_EXIT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def int_at_least(minimum: int, why: str = ""):
-    """An argparse type: a whole number >= ``minimum``; argparse names the flag in the error."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
-        return value
-    parse.__name__ = f"int >= {minimum}"
-    return parse
 
 
 def _check_template(p: argparse.ArgumentParser, template: str) -> None:
@@ -99,7 +74,7 @@ def _check_device(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_paths", nargs="+", default=["models/chexzero_weights"],
                    help="checkpoints: files, globs, or folders (a folder means every *.pt in it); the "
                         "ensemble averages their probabilities (default: models/chexzero_weights)")
@@ -119,19 +94,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val_cxr_filepath", default=None, help="validation images for the thresholds")
     p.add_argument("--val_labels_path", default=None,
                    help="validation labels (CheXpert valid format: Path + observations), row-aligned")
-    p.add_argument("--bootstrap", type=int_at_least(40, " (the 2.5% bound needs one replicate below it)"),
+    p.add_argument("--bootstrap", type=errors.int_at_least(40, " (the 2.5% bound needs one replicate below it)"),
                    default=1000, help="bootstrap replicates (>= 40; default 1000)")
-    p.add_argument("--min_positives", type=int_at_least(0), default=None,
+    p.add_argument("--min_positives", type=errors.non_negative_int, default=None,
                    help="drop labels with fewer test positives (default: 50 for padchest, 0 for chexpert)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
-    p.add_argument("--batch_size", type=int_at_least(1), default=64,
+    p.add_argument("--batch_size", type=errors.positive_int, default=64,
                    help="images per batch (default 64; 256 suits a GPU)")
-    p.add_argument("--num_workers", type=int_at_least(0), default=None,
+    p.add_argument("--num_workers", type=errors.non_negative_int, default=None,
                    help="loader processes (default: 0 on the CPU, up to 8 with a GPU)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--context_length", type=int_at_least(1), default=77,
+    p.add_argument("--context_length", type=errors.positive_int, default=77,
                    help="text context length of the checkpoints (default 77, CheXzero's)")
-    errors.add_debug_flag(p)
     args = p.parse_args(argv)
     if (args.val_cxr_filepath is None) != (args.val_labels_path is None):
         p.error("--val_cxr_filepath and --val_labels_path go together")

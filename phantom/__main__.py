@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from errors import add_debug_flag, non_negative_int, positive_int, run_cli
+from errors import ArgumentParser, non_negative_int, positive_int, run_cli
 
 from . import __doc__ as DESCRIPTION
 from .checks import contact_sheet, learnability
@@ -26,7 +26,7 @@ LAYOUT = """layout written under --out:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m phantom", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=LAYOUT)
     parser.add_argument("--out", default="data/phantom", help="root folder to write (default: data/phantom)")
@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learnability", action="store_true",
                         help="only print the learnability check: held-out AUROC of logistic regression on 64x64 "
                              "pixels and of mean intensity, per competition finding, on 600 frontal phantoms")
-    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.contact_sheet:

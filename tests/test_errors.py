@@ -127,5 +127,5 @@ def test_a_bad_flag_is_one_line_with_exit_status_2(capsys):
         parser.parse_args(["--batch_size", "0"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2
-    assert err == "tool: error: argument --batch_size: must be a positive integer, got 0 (see --help)\n"
+    assert err == "tool: error: argument --batch_size: must be at least 1, got 0 (see --help)\n"
     assert parser.parse_args(["--debug"]).debug is True
