@@ -25,16 +25,9 @@ import math
 import sys
 from pathlib import Path
 
-from errors import UserError, add_debug_flag, run_cli
+from errors import ArgumentParser, run_cli
 from model import MODEL_CONFIGS
 import train
-
-
-class _Parser(argparse.ArgumentParser):
-    """A flag error is a :class:`UserError`: one line, exit status 2 under :func:`errors.run_cli`."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def count(what: str, minimum: int = 1):
@@ -81,7 +74,7 @@ def flag_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     orig = p.add_argument_group("original CheXzero flags")
     orig.add_argument("--cxr_filepath", default="data/cxr.h5", help="h5 of images (dataset 'cxr', uint8 or float32)")
     orig.add_argument("--txt_filepath", default="data/mimic_impressions.csv", help="CSV with an 'impression' column, row-aligned with the h5")
@@ -148,13 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--val_pair_template", nargs=2, default=["{}", "no {}"], metavar=("POSITIVE", "NEGATIVE"),
                     help="validation prompts, '{}' is the label (default: '{}' 'no {}'); use the templates "
                          "you will evaluate with (run_zero_shot.py --pair_template)")
-    add_debug_flag(p)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The run's flags; ``given_flags`` lists those given on the command line (a resume takes the
-    saved values of the others). A bad flag raises :class:`errors.UserError`."""
+    saved values of the others). A bad flag is one line on stderr and ``SystemExit(2)``."""
     p = build_parser()
     args = p.parse_args(argv)
     if bool(args.val_cxr_filepath) != bool(args.val_label_path):

@@ -19,7 +19,6 @@ Kept apart on purpose (open_clip style):
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import json
 import logging
@@ -66,13 +65,6 @@ class TrainSetupError(UserError, RuntimeError):
 
 class RunFolderTaken(UserError, FileExistsError):
     """A fresh run into a folder that holds an earlier run's checkpoints (also a FileExistsError)."""
-
-    def __init__(self, message: str, folder: Path) -> None:
-        FileExistsError.__init__(self, errno.EEXIST, message, str(folder))
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # =========================================================================== model
@@ -907,7 +899,7 @@ def _train(config: Namespace, run_dir: Path) -> Path:
         # A fresh run would overwrite some of them and leave the rest to be mistaken for its own.
         raise RunFolderTaken(f"{run_dir} already holds an earlier run's checkpoints ({', '.join(earlier[:3])}"
                              f"{' ...' if len(earlier) > 3 else ''}). Continue it with --resume latest, or train "
-                             "into another --model_name / --save_dir, or delete the folder.", run_dir)
+                             "into another --model_name / --save_dir, or delete the folder.")
 
     # The saved state and every input are checked before anything costs time.
     state, state_path = None, None
