@@ -437,3 +437,23 @@ def test_a_flag_error_is_one_line_and_exit_2(data, tmp_path, capsys) -> None:
 def test_debug_shows_the_traceback(bad_inputs, capsys) -> None:
     with pytest.raises(errors.UserError, match="no such h5 file"):
         cli([*bad_inputs["missing h5"][0], "--debug"], capsys)
+
+
+def test_two_ranks_resumed_mid_epoch_consume_the_samples_a_single_process_would() -> None:
+    """The data position is a sample count: any batch size and number of processes continue from it."""
+    single = train.batch_plan(50, 8, seed=3, epochs=2, epoch=0, start=16)
+    ranks = [train.batch_plan(50, 4, seed=3, epochs=2, epoch=0, start=16, rank=r, world=2) for r in range(2)]
+    assert [consumed for _, consumed, _ in ranks[0]] == [consumed for _, consumed, _ in single]
+    for (e, _, idx), (_, _, a), (_, _, b) in zip(single, *ranks):
+        assert sorted(idx.tolist()) == sorted(set(a.tolist()) | set(b.tolist()))   # the last one padded
+    assert [i for _, _, idx in single[:5] for i in idx] == train.epoch_order(50, 0, 3)[16:].tolist()
+
+
+def test_a_change_in_processes_is_a_change_in_the_global_batch(data, tmp_path) -> None:
+    config = run_train.parse_args(argv(data, tmp_path, "--batch_size", "4"))
+    files = {key: train.file_fingerprint(getattr(config, key)) for key in train.DATA_FLAGS}
+    saved = {"config": {**train.plain_config(config), "batch_size": 8}, "world": 1, "data": files}
+    assert train.resume_differences(saved, config, files, world=2) == []         # 8 x 1 = 4 x 2
+    assert train.resume_differences(saved, config, files, world=1) == [("batch_size", "8", "4")]
+    assert train.resume_differences(saved, config, files, world=4) == [
+        ("batch_size", "8 x 1 processes", "4 x 4 processes")]
