@@ -25,24 +25,14 @@ import math
 import sys
 from pathlib import Path
 
-from errors import ArgumentParser, run_cli
+from errors import ArgumentParser, int_at_least, run_cli
 from model import MODEL_CONFIGS
 import train
 
 
 def count(what: str, minimum: int = 1):
-    """argparse type: an integer >= ``minimum``; the error says what the flag counts."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer ({what}), got {text!r}") from None
-        if value < minimum:
-            bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise argparse.ArgumentTypeError(f"must be {bound} ({what}), got {value}")
-        return value
-    parse.__name__ = "integer"
-    return parse
+    """argparse type: a whole number >= ``minimum``; the error says what the flag counts."""
+    return int_at_least(minimum, f" ({what})")
 
 
 def real(what: str, positive: bool = False):

@@ -139,14 +139,14 @@ def test_training_state_loads_weights_only_and_round_trips_the_rngs(data, tmp_pa
 
 # --------------------------------------------------------------------------- flags
 @pytest.mark.parametrize("flag,value,says", [
-    ("--batch_size", "0", "must be a positive integer"), ("--batch_size", "-4", "must be a positive integer"),
-    ("--epochs", "0", "must be a positive integer"), ("--save_interval", "0", "must be a positive integer"),
-    ("--log_interval", "0", "must be a positive integer"), ("--val_interval", "0", "must be a positive integer"),
-    ("--keep_best", "0", "must be a positive integer"), ("--keep_last", "0", "must be a positive integer"),
-    ("--accum_freq", "0", "must be a positive integer"), ("--context_length", "0", "must be a positive integer"),
-    ("--max_steps", "0", "must be a positive integer"), ("--num_workers", "-1", "must be an integer >= 0"),
+    ("--batch_size", "0", "must be at least 1"), ("--batch_size", "-4", "must be at least 1"),
+    ("--epochs", "0", "must be at least 1"), ("--save_interval", "0", "must be at least 1"),
+    ("--log_interval", "0", "must be at least 1"), ("--val_interval", "0", "must be at least 1"),
+    ("--keep_best", "0", "must be at least 1"), ("--keep_last", "0", "must be at least 1"),
+    ("--accum_freq", "0", "must be at least 1"), ("--context_length", "0", "must be at least 1"),
+    ("--max_steps", "0", "must be at least 1"), ("--num_workers", "-1", "must be at least 0"),
     ("--lr", "0", "must be > 0"), ("--lr", "-1e-4", "must be > 0"), ("--lr", "nan", "must be > 0"),
-    ("--batch_size", "eight", "expected an integer"), ("--seed", "-1", "must be an integer >= 0"),
+    ("--batch_size", "eight", "expected a whole number"), ("--seed", "-1", "must be at least 0"),
 ])
 def test_counts_and_rates_that_would_train_nothing_are_refused_by_name(flag, value, says, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -431,7 +431,7 @@ def test_a_flag_error_is_one_line_and_exit_2(data, tmp_path, capsys) -> None:
         cli(argv(data, tmp_path, "--epochs", "0"), capsys)
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert "error: argument --epochs: must be a positive integer (passes over the data), got 0" in line
+    assert "error: argument --epochs: must be at least 1 (passes over the data), got 0" in line
 
 
 def test_debug_shows_the_traceback(bad_inputs, capsys) -> None:
