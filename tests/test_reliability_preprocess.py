@@ -548,7 +548,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, case):
     else:
         mimic_tree(tmp_path / "data", 2)
         args = cli_args(tmp_path / "data", out, "--chunk_images", "0")
-        expect = "argument --chunk_images: must be a positive integer, got 0"
+        expect = "argument --chunk_images: must be at least 1, got 0"
     done = run_cli(args, tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and expect in the_error_line(done.stderr)
@@ -561,7 +561,7 @@ def test_more_user_errors_name_the_flag_or_file(tmp_path, capsys, case):
     if case == "--num_workers -3":
         mimic_tree(tmp_path / "data", 2)
         args, expect = cli_args(tmp_path / "data", out, "--num_workers", "-3"), \
-            "argument --num_workers: must be a positive integer, got -3"
+            "argument --num_workers: must be at least 1, got -3"
     elif case == "a folder of PNGs":
         for i in range(3):
             folder = tmp_path / "data" / "files" / "p10" / f"p1000000{i}" / "s1"
