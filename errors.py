@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import sys
 from pathlib import Path
@@ -23,17 +22,10 @@ from typing import Callable, Sequence
 DEBUG_ENV = "CHEXZERO_DEBUG"
 USER_ERROR_EXIT = 2
 
-log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
     """A problem with the user's inputs or flags that the user can fix (not a bug)."""
-
-
-def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """Give a plain argparse parser the ``--debug`` flag that :func:`run_cli` reads."""
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -42,7 +34,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        add_debug_flag(self)
+        self.add_argument("--debug", action="store_true",
+                          help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message} (see --help)\n")
@@ -64,14 +57,6 @@ def int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
 
 positive_int = int_at_least(1)       # a count or a size
 non_negative_int = int_at_least(0)   # e.g. worker processes, 0 meaning none
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (e.g. a learning rate)."""
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def os_error_message(err: OSError) -> str:
