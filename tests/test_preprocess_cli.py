@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
 import data_process as dp
 import preprocess_train_data as cli
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import kill_9_when, mimic_args, read_h5  # test_train imports mimic_args from here
 
 
 def jpg(path: Path, w: int, h: int, seed: int = 0) -> str:
@@ -69,30 +64,10 @@ def mimic(tmp_path) -> Path:
     return tmp_path
 
 
-def mimic_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--chest_x_ray_path", str(root / "mimic-cxr-jpg/2.0.0/files"),
-            "--radiology_reports_path", str(root / "mimic-cxr/2.0.0/files"),
-            "--cxr_out_path", str(out / "cxr.h5"), "--csv_out_path", str(out / "cxr_paths.csv"),
-            "--mimic_impressions_path", str(out / "mimic_impressions.csv"), "--num_workers", "1", *extra]
-
-
 def kill_when_done(argv: list[str], journal: Path, n_done: int) -> None:
     """Run the CLI in a subprocess and kill -9 it once its journal records ``n_done`` images."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "preprocess_train_data.py"), *argv],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and json.loads(journal.read_text())["n_done"] >= n_done:
-            break
-        time.sleep(0.002)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-def read_h5(path: Path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f["cxr"][:]
+    kill_9_when([sys.executable, "preprocess_train_data.py", *argv],
+                lambda: journal.exists() and json.loads(journal.read_text())["n_done"] >= n_done)
 
 
 def test_mimic_rows_align_and_failures_are_listed(mimic, tmp_path):
@@ -281,16 +256,11 @@ def test_padchest_filters_labels_and_16bit(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# The phantom roots (phantom.py): every dataset type on the real layouts and edge cases
+# The phantom roots (phantom/): every dataset type on the real layouts and edge cases
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def phantom_root(tmp_path_factory) -> tuple[Path, dict]:
-    phantom = pytest.importorskip("phantom")
-    root = tmp_path_factory.mktemp("phantom")
-    manifest = phantom.generate(root, studies=40, test_studies=20, valid_studies=10, padchest_images=20, workers=2)
-    return root, manifest
+# phantom_root: the session's phantom root (conftest.py).
 
 
 def caption_of(out: Path, report_rel: str) -> list:
