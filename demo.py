@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 from errors import ArgumentParser, UserError, run_cli
+from labels import SENTENCE_PAIR_TEMPLATE
 
 ROOT = Path(__file__).resolve().parent
-# Prompts for validation and test. 93% of the phantom impressions (IU report text) end with a
-# full stop, so a text tower trained from scratch on them has almost only seen EOT after "."; the
-# original ("{}", "no {}") puts EOT after a bare word. On the validation set this template scored
-# higher for every saved checkpoint (bench/README.md, "The demo's small model").
-PAIR_TEMPLATE = ["{}.", "no {}."]
+# Prompts for validation and test: ("{}.", "no {}.") rather than the original's ("{}", "no {}"). The
+# phantom impressions end with a full stop, and on the validation set these scored higher for every
+# saved checkpoint (labels.py; bench/README.md, "The demo's small model").
+PAIR_TEMPLATE = list(SENTENCE_PAIR_TEMPLATE)
 
 # Everything that changes with the scale; the sequence of commands does not.
 SCALES = {

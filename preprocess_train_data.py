@@ -35,14 +35,12 @@ import pandas as pd
 
 import data_process as dp
 from errors import ArgumentParser, UserError, positive_int, run_cli
+from labels import CHEXPERT_CSV_ORDER as CHEXPERT_LABELS  # CheXpert's CSV columns, in their order
+from labels import PADCHEST_CSV
 
 log = logging.getLogger("preprocess")
 
-CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-                   "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-                   "Pleural Other", "Fracture", "Support Devices")
 MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
-PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 
 
 class PreprocessError(UserError):

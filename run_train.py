@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from errors import ArgumentParser, int_at_least, run_cli
+from labels import PAIR_TEMPLATE
 from model import MODEL_CONFIGS
 import train
 
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--val_interval", type=count("steps between validations"), default=1000, help="steps between validations")
     ck.add_argument("--keep_best", type=count("best checkpoints kept"), default=10,
                     help="keep the k best checkpoints by validation AUROC")
-    ck.add_argument("--val_pair_template", nargs=2, default=["{}", "no {}"], metavar=("POSITIVE", "NEGATIVE"),
+    ck.add_argument("--val_pair_template", nargs=2, default=list(PAIR_TEMPLATE), metavar=("POSITIVE", "NEGATIVE"),
                     help="validation prompts, '{}' is the label (default: '{}' 'no {}'); use the templates "
                          "you will evaluate with (run_zero_shot.py --pair_template)")
     return p

@@ -34,6 +34,7 @@ import errors
 import eval as ev
 import zero_shot as zs
 from errors import UserError
+from labels import CHEXPERT_EVAL_ORDER, COMPETITION_LABELS, PAIR_TEMPLATE
 
 log = logging.getLogger("run_zero_shot")
 
@@ -86,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "least --min_positives positives, and the AUROC > 0.9 / >= 0.7 summary")
     p.add_argument("--labels", nargs="+", default=None,
                    help="labels to evaluate (default: see --dataset); quote names with spaces")
-    p.add_argument("--pair_template", nargs=2, default=list(zs.PAIR_TEMPLATE), metavar=("POSITIVE", "NEGATIVE"),
+    p.add_argument("--pair_template", nargs=2, default=list(PAIR_TEMPLATE), metavar=("POSITIVE", "NEGATIVE"),
                    help="prompt templates, '{}' is the label (default: '{}' 'no {}')")
     p.add_argument("--prompt_style", default="chexzero", choices=zs.PROMPT_STYLES,
                    help="chexzero: the original prompts for every label (inverts 'No Finding'); "
@@ -156,7 +157,7 @@ def select_labels(args: argparse.Namespace, table: pd.DataFrame) -> list[str]:
     if args.labels is not None:
         labels = list(args.labels)
     elif args.dataset == "chexpert":
-        labels = list(zs.CHEXPERT_LABELS)
+        labels = list(CHEXPERT_EVAL_ORDER)
     else:
         labels = binary_columns(table)
     zs.label_columns(args.labels_path, table, labels)
@@ -189,10 +190,10 @@ def auroc_table(y_pred: np.ndarray, y_true: np.ndarray, labels: list[str], n_boo
         "lower": cis.loc["lower"].to_numpy(),
         "upper": cis.loc["upper"].to_numpy(),
     }, index=pd.Index(labels, name="label"))
-    if all(label in labels for label in ev.COMPETITION_LABELS):
-        columns = [f"{label}_auc" for label in ev.COMPETITION_LABELS]
+    if all(label in labels for label in COMPETITION_LABELS):
+        columns = [f"{label}_auc" for label in COMPETITION_LABELS]
         mean_cis = ev.compute_cis(boot_stats[columns].mean(axis=1, skipna=False).to_frame("mean"))["mean"]
-        table.loc["Mean (5 competition)"] = [np.nan, table.loc[ev.COMPETITION_LABELS, "auroc"].mean(),
+        table.loc["Mean (5 competition)"] = [np.nan, table.loc[COMPETITION_LABELS, "auroc"].mean(),
                                              ev.compute_mean(cis), mean_cis["lower"], mean_cis["upper"]]
     table["positives"] = table["positives"].astype("Int64")
     return table, cis
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     results, cis = auroc_table(y_pred, y_true, labels, args.bootstrap)
     results.to_csv(out / "auroc.csv")
     (out / "auroc.md").write_text(markdown(results))
-    plotted = [label for label in ev.COMPETITION_LABELS if label in labels]
+    plotted = [label for label in COMPETITION_LABELS if label in labels]
     if not plotted:  # PadChest spells labels its own way: plot its 5 most frequent
         plotted = list(results.loc[labels, "positives"].nlargest(5).index)
     ev.plot_roc_curves(y_pred, y_true, labels, cis, out / "roc.png", plot_labels=plotted)

@@ -48,7 +48,7 @@ import clip
 import cxr_data
 import run_lock
 from errors import UserError
-from eval import COMPETITION_LABELS
+from labels import COMPETITION_LABELS, PAIR_TEMPLATE
 from model import CLIP, MODEL_CONFIGS
 
 log = logging.getLogger(__name__)
@@ -826,7 +826,7 @@ def trim_metrics(metrics_path: Path, step: int) -> int:
 
 # =========================================================================== validation
 def validation_auroc(model: CLIP, loader: DataLoader, y_true: np.ndarray, labels: list[str],
-                     pair_template: tuple[str, str] = ("{}", "no {}")) -> float:
+                     pair_template: tuple[str, str] = PAIR_TEMPLATE) -> float:
     """Zero-shot mean AUROC over ``labels`` with the ``pair_template`` prompts (the original's
     ("{}", "no {}") by default)."""
     from sklearn.metrics import roc_auc_score

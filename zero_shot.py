@@ -40,31 +40,13 @@ import cxr_data
 from errors import UserError
 from eval import LabelValueError  # noqa: F401 - re-exported: zero_shot.LabelValueError
 from eval import bootstrap, check_binary_labels, evaluate, sigmoid
+from labels import ABNORMAL_PROMPTS, NEGATION_PREFIXES, NORMAL_LABELS, NORMAL_PROMPTS, PAIR_TEMPLATE
+from labels import CHEXPERT_EVAL_ORDER as CHEXPERT_LABELS  # the original's evaluation order (alphabetical)
 from model import CLIP, MODEL_CONFIGS, model_config
 
 log = logging.getLogger(__name__)
 
-#: The 14 CheXpert observations in the order CheXzero uses (alphabetical).
-CHEXPERT_LABELS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-]
-#: The original (positive, negative) prompt templates.
-PAIR_TEMPLATE = ("{}", "no {}")
 PROMPT_STYLES = ("chexzero", "negation_aware")
-
-# negation_aware prompts. Labels that name a normal study get these normal-study impressions
-# (the commonest MIMIC-CXR and Indiana University wordings) as extra positives, and as negative
-# the average of common affirmative findings: a text that asserts an abnormality, instead of
-# "no No Finding", which the text encoder reads as more normal than "No Finding" itself.
-NORMAL_LABELS = ("no finding", "normal")
-NORMAL_PROMPTS = ("no acute cardiopulmonary process", "no acute cardiopulmonary abnormality",
-                  "normal chest x-ray")
-ABNORMAL_PROMPTS = ("pleural effusion", "cardiomegaly", "pulmonary edema", "consolidation",
-                    "atelectasis", "pneumothorax", "lung opacity")
-# Other negated labels ("no pneumothorax") get the un-negated finding as their negative.
-NEGATION_PREFIXES = ("no ", "without ", "absence of ")
 
 TEXT_CHUNK = 256  # prompts encoded per forward pass
 

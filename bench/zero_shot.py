@@ -89,15 +89,15 @@ def main() -> None:
 
         loader = zs.raw_loader(h5_path, batch_size=args.batch_size, num_workers=args.num_workers, device=device)
         start = time.perf_counter()  # the path ensemble_models takes: raw uint8 batches, transform on the device
-        ours = zs.run_softmax_eval(model, loader, zs.CHEXPERT_LABELS, zs.PAIR_TEMPLATE, transform=transform)
+        ours = zs.run_softmax_eval(model, loader, CHEXPERT_EVAL_ORDER, PAIR_TEMPLATE, transform=transform)
         ours_s = time.perf_counter() - start
         start = time.perf_counter()  # our text part alone (all 28 prompts), to split the total
-        zs.zeroshot_classifier(zs.CHEXPERT_LABELS + [f"no {c}" for c in zs.CHEXPERT_LABELS], ["{}"], model)
+        zs.zeroshot_classifier(CHEXPERT_EVAL_ORDER + [f"no {c}" for c in CHEXPERT_EVAL_ORDER], ["{}"], model)
         ours_image_s = ours_s - (time.perf_counter() - start)
 
         baseline_loader = DataLoader(zs.CXRTestDataset(h5_path, transform=transform), batch_size=1, shuffle=False)
         original, original_text_s, original_image_s = original_softmax_eval(
-            model, baseline_loader, zs.CHEXPERT_LABELS, zs.PAIR_TEMPLATE, device)
+            model, baseline_loader, CHEXPERT_EVAL_ORDER, PAIR_TEMPLATE, device)
         original_s = original_text_s + original_image_s
 
     n = args.n_images
