@@ -1,4 +1,10 @@
-"""Load CLIP weights, tokenize text, and transform chest X-rays for the model.
+"""Load CLIP models, tokenize text, and transform chest X-rays for the model.
+
+:func:`load_model` is the project's one model loader: it builds the architecture (a named config
+or a dict) or reads it (``model_config.json`` beside the checkpoint, else the state dict's
+shapes), and loads the weights strictly. ``clip.load``, ``model.build_model``,
+``train.load_clip``, ``train.make_model`` and ``zero_shot.load_clip`` are thin wrappers over it,
+each with its documented rule for device and train/eval mode.
 
 Everything that reads a checkpoint goes through :func:`load_checkpoint` and
 :func:`load_weights`: ``torch.load(weights_only=True)``, the released mixed fp16/fp32
@@ -12,6 +18,7 @@ Nothing here touches the network at import. :func:`load` looks for OpenAI weight
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -21,6 +28,7 @@ import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -28,10 +36,10 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from errors import UserError
-from model import ARCHIVE_ONLY_KEYS, CLIP, build_model, model_config
+from model import ARCHIVE_ONLY_KEYS, CLIP, MODEL_CONFIG_FILE, ArchitectureError, model_config, named_config
 from simple_tokenizer import SimpleTokenizer
 
-__all__ = ["available_models", "load", "tokenize", "cxr_transform", "load_checkpoint", "load_weights",
+__all__ = ["available_models", "load", "load_model", "tokenize", "cxr_transform", "load_checkpoint", "load_weights",
            "CheckpointError", "CheckpointMismatchError", "CheckpointNotFoundError", "TextTooLongError"]
 
 log = logging.getLogger(__name__)
@@ -207,6 +215,8 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
         cfg = model_config(state_dict)
     except (KeyError, IndexError) as err:
         return f"not a CLIP state dict (no {err})"
+    except ArchitectureError as err:
+        cfg = err.config  # the shapes; the heads are not among them
     return ", ".join(f"{k}={v}" for k, v in cfg.items())
 
 
@@ -244,6 +254,97 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     return model
 
 
+def load_model(checkpoint: str | Path | Mapping[str, torch.Tensor] | None = None,
+               config: str | Mapping | None = None, *, device: str | torch.device = "cpu",
+               train: bool = False) -> CLIP:
+    """The project's one model loader: build or read the architecture, then load the weights strictly.
+
+    ``checkpoint``: a weights file (anything :func:`load_checkpoint` reads), a state dict, or None
+    for a new model with CLIP's initialisation. ``config``: the architecture, a
+    :data:`model.MODEL_CONFIGS` name or a dict of ``CLIP(**kwargs)``; None reads it off the
+    checkpoint: ``<checkpoint's folder>/model_config.json`` (:data:`model.MODEL_CONFIG_FILE`, which
+    training writes) when present and the weights fit it, else the state dict's shapes
+    (:func:`model.model_config`). A checkpoint whose architecture cannot be read that way (a text
+    tower narrower than 64) raises :class:`CheckpointError` naming the file and what to pass.
+    Weights that do not fit raise :class:`CheckpointMismatchError` (:func:`load_weights`).
+
+    Returns an fp32 CLIP on ``device`` (default the CPU) in train mode if ``train`` else eval mode.
+    The wrappers and their rules:
+
+    - ``clip.load(name, device, jit)``: architecture read off the file; ``device``; eval.
+    - ``model.build_model(state_dict)``: read off the state dict; CPU; eval.
+    - ``zero_shot.load_clip(model_path, pretrained, context_length, *, device)``: the original's
+      architecture for ``pretrained`` True/False (:func:`model.original_config`), read off the file
+      for None; ``device`` or the GPU if any (``cuda``) else the CPU; eval.
+    - ``train.load_clip(model_path, pretrained, context_length)``: the original's architecture for
+      ``pretrained`` (no None); ``cuda:0`` if any else the CPU; train.
+    - ``train.make_model(config)``: a named config with the run's sizes, no weights (or OpenAI's
+      ViT-B/32 weights by default); CPU; train.
+    """
+    if checkpoint is None and config is None:
+        raise ValueError("load_model needs a checkpoint, an architecture (config) or both")
+    state_dict, source, folder = None, "the state dict", None
+    if isinstance(checkpoint, Mapping):
+        state_dict = dict(checkpoint)
+    elif checkpoint is not None:
+        state_dict, source, folder = load_checkpoint(checkpoint), str(checkpoint), Path(checkpoint).parent
+    if config is not None:
+        model = CLIP(**(named_config(config) if isinstance(config, str) else config))
+        if state_dict is not None:
+            load_weights(model, state_dict, source)
+    else:
+        model, note = _from_saved_config(state_dict, source, folder)
+        if model is None:
+            model = _from_shapes(state_dict, source, folder, note)
+    return model.to(device).train(train)
+
+
+def _from_saved_config(state_dict: dict[str, torch.Tensor], source: str,
+                       folder: Path | None) -> tuple[CLIP | None, str]:
+    """(the model of ``<folder>/model_config.json`` with the weights loaded, "") when that file exists
+    and the weights fit it; else (None, why the file was not used, or "" when there is none)."""
+    path = folder / MODEL_CONFIG_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return None, ""
+    try:
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"it holds a {type(config).__name__}, not a dict of CLIP arguments")
+        model = load_weights(CLIP(**config), state_dict, source)
+    except CheckpointMismatchError as err:
+        first = (err.wrong_shape or err.missing or err.unexpected)[0]
+        note = (f"{path} does not describe it (the weights do not fit it: {len(err.missing)} missing, "
+                f"{len(err.unexpected)} unexpected and {len(err.wrong_shape)} mis-shaped keys, e.g. {first}). ")
+    except (OSError, ValueError, TypeError) as err:
+        note = f"{path} does not describe it ({_first_line(err)}). "
+    else:
+        return model, ""
+    log.warning("%s: %sReading the architecture off the weights instead.", source, note)
+    return None, note
+
+
+def _from_shapes(state_dict: dict[str, torch.Tensor], source: str, folder: Path | None, note: str) -> CLIP:
+    """The CLIP that the state dict's shapes describe, with the weights loaded; one-line errors."""
+    try:
+        config = model_config(state_dict)
+    except (KeyError, IndexError) as err:
+        raise CheckpointError(f"{source} is not a CLIP state dict (no {err} entry): the weights of another kind "
+                              "of model? Pass a CheXzero/CLIP checkpoint") from err
+    except ArchitectureError as err:
+        beside = (f"put them as a JSON dict in {folder / MODEL_CONFIG_FILE} (run_train.py writes that file beside "
+                  "its checkpoints), or " if folder is not None else "")
+        raise CheckpointError(
+            f"{source}: cannot tell its architecture: {err}. {note}Give the CLIP constructor arguments it was "
+            f"built with (transformer_heads included): {beside}pass them as clip.load_model(checkpoint, "
+            "config={...})") from err
+    try:
+        model = CLIP(**config)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{source} is not a CLIP state dict of a known layout (its shapes give {config}: "
+                              f"{err}); pass a CheXzero/CLIP checkpoint") from err
+    return load_weights(model, state_dict, source)
+
+
 def cxr_transform(image_resolution: int) -> transforms.Compose:
     """CheXzero's tensor transform for (..., 3, 320, 320) float images with values 0-255.
 
@@ -258,10 +359,11 @@ def cxr_transform(image_resolution: int) -> transforms.Compose:
 
 def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
          jit: bool = False, download_root: str | None = None) -> tuple[CLIP, transforms.Compose]:
-    """Build a CLIP from an OpenAI model name or a checkpoint path.
+    """Build a CLIP from an OpenAI model name or a checkpoint path (the original's ``clip.load``).
 
     Returns ``(model, transform)``: an fp32 model in eval mode on ``device`` and the CheXzero
-    CXR transform for its input resolution. TorchScript archives (as OpenAI distributes them)
+    CXR transform for its input resolution. The architecture is read off the file, as
+    :func:`load_model` does without a config. TorchScript archives (as OpenAI distributes them)
     and plain state dicts are both accepted; the model is always rebuilt in Python.
     """
     if jit:
@@ -274,7 +376,7 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
     else:
         raise CheckpointError(f"Model {name} not found; available models = {available_models()} or an "
                               "existing checkpoint file")
-    model = build_model(load_checkpoint(path)).to(device)
+    model = load_model(path, device=device)
     return model, cxr_transform(model.visual.input_resolution)
 
 

@@ -137,6 +137,9 @@ class MultiheadSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, n_head: int) -> None:
         super().__init__()
+        if n_head < 1 or d_model % n_head:
+            raise ValueError(f"{n_head} attention heads do not divide the width {d_model}; pass a number of "
+                             "heads >= 1 that divides it")
         self.n_head = n_head
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
@@ -144,19 +147,41 @@ class MultiheadSelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: an [L, L] (or larger: its top-left corner is used) mask with
+        ``nn.MultiheadAttention``'s meaning: a float mask is added to the attention logits, in a bool
+        mask True marks the pairs that may *not* attend. ``causal`` is the same as the additive
+        causal mask, computed without one."""
         n, length, d = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.view(n, length, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if attn_mask is not None:
+            attn_mask = attn_mask[:length, :length].to(x.device)
+            if attn_mask.dtype == torch.bool:  # True = may not attend, as nn.MultiheadAttention
+                attn_mask = torch.zeros(attn_mask.shape, device=x.device).masked_fill(attn_mask, float("-inf"))
+            attn_mask = attn_mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
         return self.out_proj(out.transpose(1, 2).reshape(n, length, d))
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)), over batch-first (N, L, D) input.
 
-    def __init__(self, d_model: int, n_head: int, causal: bool = False) -> None:
+    ``attn_mask`` is the original's: an optional [L, L] mask applied in every call (a float mask is
+    added to the attention logits, e.g. -inf above the diagonal; a bool mask marks with True what
+    may not attend). It is a plain attribute, not a buffer, so it is never in the state dict.
+    ``causal=True`` (keyword only) is the causal mask without building one: the text tower uses it,
+    which lets it run on trimmed padding. Unlike the original (sequence-first (L, N, D), as
+    ``nn.MultiheadAttention``), the input is batch-first; transpose the original's layout with
+    ``x.permute(1, 0, 2)``.
+    """
+
+    def __init__(self, d_model: int, n_head: int, attn_mask: torch.Tensor | None = None, *,
+                 causal: bool = False) -> None:
         super().__init__()
+        if causal and attn_mask is not None:
+            raise ValueError("pass attn_mask or causal=True, not both (causal=True is the causal attn_mask)")
+        self.attn_mask = attn_mask
         self.causal = causal
         self.attn = MultiheadSelfAttention(d_model, n_head)
         self.ln_1 = LayerNorm(d_model)
@@ -168,23 +193,26 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=self.causal)
+        x = x + self.attn(self.ln_1(x), causal=self.causal, attn_mask=self.attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
     """A stack of residual attention blocks over batch-first (N, L, D) sequences.
 
-    ``grad_checkpointing`` recomputes each block in the backward pass to save activation
-    memory during training.
+    ``attn_mask`` (the original's parameter) and ``causal`` (keyword only) are passed to every
+    :class:`ResidualAttentionBlock`. ``grad_checkpointing`` recomputes each block in the backward
+    pass to save activation memory during training.
     """
 
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False) -> None:
+    def __init__(self, width: int, layers: int, heads: int, attn_mask: torch.Tensor | None = None, *,
+                 causal: bool = False) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask, causal=causal)
+                                         for _ in range(layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:
@@ -222,6 +250,10 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 0]) @ self.proj
 
 
+#: The original's name for the ViT tower (OpenAI CLIP's code of March 2021); the same class.
+VisualTransformer = VisionTransformer
+
+
 # --------------------------------------------------------------------------- CLIP
 class CLIP(nn.Module):
     """Image and text encoders mapped into one embedding space, with a learnable temperature.
@@ -240,6 +272,9 @@ class CLIP(nn.Module):
             self.visual = ModifiedResNet(tuple(vision_layers), embed_dim, vision_width * 32 // 64,
                                          image_resolution, vision_width)
         else:
+            if vision_width < 64:
+                raise ValueError(f"vision_width={vision_width}: a ViT image tower has vision_width // 64 attention "
+                                 "heads, so it must be at least 64 wide")
             self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
                                             vision_layers, vision_width // 64, embed_dim)
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
@@ -345,9 +380,49 @@ def convert_weights(model: nn.Module) -> None:
 # Keys that exist only in OpenAI's TorchScript archives, not in the model.
 ARCHIVE_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 
+#: The file beside a checkpoint that holds its architecture: a JSON dict of the ``CLIP(**kwargs)``
+#: constructor arguments. Training writes it into the run folder; :func:`clip.load_model` reads it.
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+class ArchitectureError(ValueError):
+    """A state dict whose architecture cannot be read off its shapes; ``config`` holds what the
+    shapes do say (every constructor argument but ``transformer_heads``)."""
+
+    def __init__(self, message: str, config: dict) -> None:
+        super().__init__(message)
+        self.config = config
+
+
+def named_config(name: str, **changes) -> dict:
+    """The ``CLIP(**kwargs)`` of the architecture ``name`` in :data:`MODEL_CONFIGS`, with ``changes``
+    (e.g. ``context_length``) applied: the one place a named config is looked up and patched."""
+    if name not in MODEL_CONFIGS:
+        raise KeyError(f"no model config {name!r}; the named configs are {sorted(MODEL_CONFIGS)}")
+    return {**MODEL_CONFIGS[name], **changes}
+
+
+def original_config(pretrained: bool, context_length: int = 77) -> dict:
+    """The architecture the original CheXzero builds for ``pretrained`` (its ``load_clip``).
+
+    True: OpenAI's ViT-B/32, the architecture of the released checkpoints; its context length is 77
+    whatever ``context_length`` says (the original built it from OpenAI's weights). False: the
+    random-init 320-px model (patch 16, embed 768) with ``context_length``.
+    """
+    if pretrained:
+        return named_config("vit-b-32")
+    return named_config("random-init-320", context_length=context_length)
+
 
 def model_config(state_dict: dict[str, torch.Tensor]) -> dict:
-    """Infer the CLIP constructor arguments from an OpenAI-layout state dict."""
+    """Infer the CLIP constructor arguments from an OpenAI-layout state dict.
+
+    The text tower's number of heads is not in the shapes: it is read as width // 64, CLIP's rule
+    (right for every OpenAI and CheXzero model). A text tower narrower than 64 raises
+    :class:`ArchitectureError`; a model trained with another number of heads needs its config
+    (:data:`MODEL_CONFIG_FILE`, which :func:`clip.load_model` reads beside the checkpoint).
+    A state dict that is not a CLIP's raises KeyError or IndexError.
+    """
     sd = state_dict
     if "visual.proj" in sd:
         vision_width = sd["visual.conv1.weight"].shape[0]
@@ -363,7 +438,7 @@ def model_config(state_dict: dict[str, torch.Tensor]) -> dict:
         vision_patch_size = None
         image_resolution = grid * 32
     transformer_width = sd["ln_final.weight"].shape[0]
-    return dict(
+    config = dict(
         embed_dim=sd["text_projection"].shape[1],
         image_resolution=image_resolution,
         vision_layers=vision_layers,
@@ -375,15 +450,22 @@ def model_config(state_dict: dict[str, torch.Tensor]) -> dict:
         transformer_heads=transformer_width // 64,
         transformer_layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
     )
+    if config["transformer_heads"] < 1:
+        shapes = ", ".join(f"{k}={v}" for k, v in config.items() if k != "transformer_heads")
+        raise ArchitectureError(
+            f"its text transformer is {transformer_width} wide, narrower than 64, so its number of attention "
+            f"heads cannot be read off the weights (CLIP's rule width // 64 gives 0); the shapes say {shapes}",
+            {k: v for k, v in config.items() if k != "transformer_heads"})
+    return config
 
 
 def build_model(state_dict: dict[str, torch.Tensor]) -> CLIP:
     """Build the CLIP that ``state_dict`` describes, load it strictly, return it in eval mode.
 
-    Unlike OpenAI's version the model stays fp32: mixed fp16/fp32 checkpoints are upcast on
-    load, which reproduces the original's CPU (fp32) numbers.
+    The original's API, through the project's one loader: ``clip.load_model(state_dict)``. Unlike
+    OpenAI's version the model stays fp32: mixed fp16/fp32 checkpoints are upcast on load, which
+    reproduces the original's CPU (fp32) numbers.
     """
-    state_dict = {k: v for k, v in state_dict.items() if k not in ARCHIVE_ONLY_KEYS}
-    model = CLIP(**model_config(state_dict))
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    import clip  # here, not at the top: clip imports this module
+
+    return clip.load_model(state_dict)

@@ -42,7 +42,7 @@ from eval import LabelValueError  # noqa: F401 - re-exported: zero_shot.LabelVal
 from eval import bootstrap, check_binary_labels, evaluate, sigmoid
 from labels import ABNORMAL_PROMPTS, NEGATION_PREFIXES, NORMAL_LABELS, NORMAL_PROMPTS, PAIR_TEMPLATE
 from labels import CHEXPERT_EVAL_ORDER as CHEXPERT_LABELS  # the original's evaluation order (alphabetical)
-from model import CLIP, MODEL_CONFIGS, model_config
+from model import CLIP, original_config
 
 log = logging.getLogger(__name__)
 
@@ -181,33 +181,23 @@ def raw_loader(cxr_filepath: str | Path, batch_size: int = 64, num_workers: int 
 # --------------------------------------------------------------------------- model
 def load_clip(model_path: str | Path, pretrained: bool | None = False, context_length: int = 77, *,
               device: torch.device | str | None = None) -> CLIP:
-    """Build a CLIP, load ``model_path`` strictly, return it in eval mode on ``device``.
+    """Build a CLIP, load ``model_path`` strictly, return it in **eval** mode on ``device``.
 
-    ``pretrained=True``: the ViT-B/32 architecture of the released checkpoints (built locally, no
-    download). ``False``: the original's random-init 320-px model with ``context_length``.
-    ``None``: the architecture is read off the checkpoint (any OpenAI-layout CLIP, e.g. the
-    project's small trained models). A checkpoint of another architecture fails with
-    :func:`clip.load_weights`' report of missing, unexpected and mis-shaped keys.
+    A thin wrapper over :func:`clip.load_model`; its rules differ from ``train.load_clip``'s:
+
+    - architecture: ``pretrained=True`` the ViT-B/32 of the released checkpoints (built locally, no
+      download), ``False`` the original's random-init 320-px model with ``context_length``
+      (:func:`model.original_config`). ``None``, accepted only here, reads it off the checkpoint:
+      ``model_config.json`` beside it (what training writes), else the weights' shapes.
+    - device: ``device``, by default the GPU if there is one (``cuda``), else the CPU (the
+      original always used the CPU); ``train.load_clip`` uses ``cuda:0``.
+    - mode: eval (``train.load_clip``: train).
+
+    A checkpoint of another architecture fails with :func:`clip.load_weights`' report of missing,
+    unexpected and mis-shaped keys; one whose architecture cannot be read, with what to pass.
     """
-    state_dict = clip.load_checkpoint(model_path)
-    if pretrained is None:
-        try:
-            config = model_config(state_dict)
-        except (KeyError, IndexError) as err:
-            raise clip.CheckpointError(f"{model_path} is not a CLIP state dict (no {err} entry): the weights of "
-                                       "another kind of model? Pass a CheXzero/CLIP checkpoint") from err
-        try:
-            model = CLIP(**config)
-        except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as err:
-            raise clip.CheckpointError(f"{model_path} is not a CLIP state dict of a known layout (its shapes "
-                                       f"give {config}: {err}); pass a CheXzero/CLIP checkpoint") from err
-    else:
-        config = dict(MODEL_CONFIGS["vit-b-32" if pretrained else "random-init-320"])
-        if not pretrained:
-            config["context_length"] = context_length
-        model = CLIP(**config)
-    model = clip.load_weights(model, state_dict, source=str(model_path))
-    return model.to(device if device is not None else default_device()).eval()
+    config = None if pretrained is None else original_config(pretrained, context_length)
+    return clip.load_model(model_path, config, device=device if device is not None else default_device())
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1,4 +1,6 @@
-"""CLIP architecture: exact OpenAI/CheXzero state_dict layout and the numbers it computes."""
+"""CLIP architecture: exact OpenAI/CheXzero state_dict layout and the numbers it computes; the one model
+loader (clip.load_model) and its wrappers."""
+import json
 import math
 
 import pytest
@@ -7,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from model import CLIP, MODEL_CONFIGS, MultiheadSelfAttention, build_model, convert_weights, model_config
+import zero_shot
+from model import (CLIP, MODEL_CONFIG_FILE, MODEL_CONFIGS, MultiheadSelfAttention, ResidualAttentionBlock, Transformer,
+                   build_model, convert_weights, model_config, original_config)
 
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
              context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
@@ -156,3 +160,127 @@ def test_text_encoded_in_length_groups_equals_one_pass() -> None:
         expected = model.encode_text(tokens)
         for groups in (1, 2, 4, 8):
             torch.testing.assert_close(train.encode_text_by_length(model, tokens, groups), expected, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the one loader
+NARROW = dict(SMALL, transformer_width=32, transformer_heads=2)  # heads cannot be read off the shapes
+
+
+def save_with_config(folder, config: dict, seed: int = 0, write_config: bool = True) -> tuple[CLIP, str]:
+    """A trained-looking run folder: checkpoint.pt and, optionally, the model_config.json beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = CLIP(**config).eval()
+    torch.save(model.state_dict(), folder / "checkpoint.pt")
+    if write_config:
+        (folder / MODEL_CONFIG_FILE).write_text(json.dumps(config))
+    return model, str(folder / "checkpoint.pt")
+
+
+def same_outputs(a: CLIP, b: CLIP) -> None:
+    torch.manual_seed(5)
+    image = torch.randn(2, 3, 32, 32)
+    tokens = clip.tokenize(["left pleural effusion", "no acute process"])
+    with torch.no_grad():
+        torch.testing.assert_close(a.encode_image(image), b.encode_image(image), rtol=0, atol=0)
+        torch.testing.assert_close(a.encode_text(tokens), b.encode_text(tokens), rtol=0, atol=0)
+
+
+def test_a_narrow_model_loads_by_itself_from_its_run_folder(tmp_path) -> None:
+    trained, path = save_with_config(tmp_path / "run", NARROW)
+    loaded = zero_shot.load_clip(path, pretrained=None, device="cpu")
+    assert loaded.transformer.resblocks[0].attn.n_head == 2 and not loaded.training
+    same_outputs(loaded, trained)
+
+
+def test_a_narrow_model_without_its_config_says_what_to_pass(tmp_path) -> None:
+    _, path = save_with_config(tmp_path / "run", NARROW, write_config=False)
+    with pytest.raises(clip.CheckpointError) as err:
+        zero_shot.load_clip(path, pretrained=None, device="cpu")
+    message = str(err.value)
+    assert path in message and "32 wide, narrower than 64" in message
+    assert str(tmp_path / "run" / MODEL_CONFIG_FILE) in message and "config=" in message
+    assert "\n" not in message
+    with pytest.raises(clip.CheckpointError, match="config="):  # the original's build_model: same rule
+        build_model(torch.load(path, weights_only=True))
+
+
+def test_the_saved_config_gives_heads_the_shapes_cannot(tmp_path) -> None:
+    """Width 64 with 4 heads: the shapes alone would give 1 head and other numbers, silently."""
+    four_heads = dict(SMALL, transformer_heads=4)
+    trained, path = save_with_config(tmp_path / "run", four_heads)
+    loaded = clip.load_model(path)
+    assert loaded.transformer.resblocks[0].attn.n_head == 4
+    same_outputs(loaded, trained)
+    (tmp_path / "run" / MODEL_CONFIG_FILE).unlink()
+    assert clip.load_model(path).transformer.resblocks[0].attn.n_head == 1
+
+
+@pytest.mark.parametrize("saved", ["another model's config", "not json", "a list"])
+def test_a_config_that_does_not_fit_the_weights_is_ignored_with_a_warning(tmp_path, caplog, saved: str) -> None:
+    trained, path = save_with_config(tmp_path / "run", SMALL)
+    text = {"another model's config": json.dumps(MODEL_CONFIGS["tiny"]), "not json": "{embed_dim: 32",
+            "a list": "[1, 2]"}[saved]
+    (tmp_path / "run" / MODEL_CONFIG_FILE).write_text(text)
+    loaded = clip.load_model(path)
+    same_outputs(loaded, trained)
+    assert MODEL_CONFIG_FILE in caplog.text and "off the weights instead" in caplog.text
+
+
+def test_an_explicit_architecture_ignores_the_saved_config(tmp_path) -> None:
+    _, path = save_with_config(tmp_path / "run", dict(SMALL, transformer_heads=4))
+    assert clip.load_model(path, config=SMALL).transformer.resblocks[0].attn.n_head == 1
+    with pytest.raises(clip.CheckpointMismatchError):
+        clip.load_model(path, config="tiny")
+
+
+def test_every_wrapper_keeps_its_mode_and_device(tmp_path) -> None:
+    import train
+
+    path = tmp_path / "random_init.pt"
+    torch.manual_seed(0)
+    reference = CLIP(**MODEL_CONFIGS["random-init-320"])
+    torch.save(reference.state_dict(), path)
+    by_train = train.load_clip(model_path=str(path), pretrained=False)
+    by_zero_shot = zero_shot.load_clip(str(path), pretrained=False, device="cpu")
+    assert by_train.training and not by_zero_shot.training
+    assert next(by_train.parameters()).device == train.default_device()
+    for loaded in (by_train, by_zero_shot):
+        torch.testing.assert_close(loaded.state_dict()["visual.proj"].cpu(), reference.state_dict()["visual.proj"])
+    assert not build_model(small_clip().state_dict()).training
+    assert clip.load_model(config="tiny", train=True).training
+    with pytest.raises(KeyError, match="named configs"):
+        clip.load_model(config="vit-b-16")
+
+
+def test_original_config_is_the_original_choice() -> None:
+    assert original_config(True, context_length=64) == MODEL_CONFIGS["vit-b-32"]  # OpenAI's 77 whatever is asked
+    assert original_config(False, context_length=64) == dict(MODEL_CONFIGS["random-init-320"], context_length=64)
+
+
+def test_a_vit_narrower_than_64_is_refused_when_built() -> None:
+    with pytest.raises(ValueError, match="vision_width=32"):
+        CLIP(**dict(SMALL, vision_width=32))
+    with pytest.raises(ValueError, match="heads do not divide"):
+        MultiheadSelfAttention(64, 3)
+
+
+# --------------------------------------------------------------------------- the original's attn_mask
+def test_attn_mask_of_the_original_equals_the_causal_flag() -> None:
+    torch.manual_seed(0)
+    additive = torch.full((10, 10), float("-inf")).triu_(1)   # what the original's CLIP builds
+    by_mask = Transformer(width=64, layers=2, heads=4, attn_mask=additive).eval()
+    by_flag = Transformer(64, 2, 4, causal=True).eval()
+    by_flag.load_state_dict(by_mask.state_dict())
+    block = ResidualAttentionBlock(d_model=64, n_head=4, attn_mask=additive.isinf())  # bool: True = masked
+    block.load_state_dict(by_mask.resblocks[0].state_dict())
+    assert "attn_mask" not in str(list(by_mask.state_dict())) and by_mask.resblocks[0].attn_mask is additive
+    x = torch.randn(3, 10, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(by_mask(x), by_flag(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(block(x), by_flag.resblocks[0](x), rtol=1e-5, atol=1e-6)
+        unmasked = Transformer(64, 2, 4).eval()
+        unmasked.load_state_dict(by_mask.state_dict())
+        assert not torch.allclose(unmasked(x), by_flag(x), atol=1e-3)  # the mask does change the numbers
+    with pytest.raises(ValueError, match="not both"):
+        ResidualAttentionBlock(64, 4, additive, causal=True)
