@@ -1,10 +1,11 @@
 """Zero-shot evaluation: AUROC with bootstrap CIs, thresholded MCC/F1/Youden, PadChest summary, ROC plots.
 
 The AUROC part keeps CheXzero's public API and numbers (`evaluate`, `bootstrap`, `compute_cis`,
-`plot_roc`, `choose_operating_point`, `sigmoid`, `compute_mean`): replicate i of the bootstrap draws
-the same indices as `sklearn.utils.resample(arange(N), replace=True, random_state=i)`, so the CIs
-equal the original's to 4 decimals. The bootstrap is vectorised: AUROC of every replicate comes from
-a Mann-Whitney U over per-replicate sample counts instead of 1000 x labels sklearn calls.
+`plot_roc`, `plot_pr`, `choose_operating_point`, `sigmoid`, `compute_mean`, `accuracy`): replicate i
+of the bootstrap draws the same indices as `sklearn.utils.resample(arange(N), replace=True,
+random_state=i)`, so the CIs equal the original's to 4 decimals. The bootstrap is vectorised: AUROC of
+every replicate comes from a Mann-Whitney U over per-replicate sample counts instead of 1000 x labels
+sklearn calls.
 
 Threshold selection (`choose_thresholds`) and the thresholded bootstrap (`binary_metric_bootstrap`)
 implement what the original `metrics.py` intended (thresholds chosen on a validation set, applied
@@ -20,7 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import auc, roc_curve
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from errors import UserError
 from labels import COMPETITION_LABELS  # the 5 the paper's headline "mean" averages
@@ -91,9 +92,47 @@ def compute_mean(stats: Union[pd.DataFrame, Mapping], is_df: bool = True) -> flo
     return float(np.mean(values))
 
 
+def accuracy(output, target, topk: Sequence[int] = (1,)) -> list:
+    """Top-k accuracy counts: for each k in `topk`, how many rows of `output` (N, C class scores, a
+    numpy array or torch tensor) have their `target` class (N class indices, shape (N,) or (N, 1))
+    among their k highest scores, as a float (divide by N for a rate).
+
+    The original's helper (unused there) printed its intermediate tensors and compared a (k, N)
+    prediction table with a (N, k) target table, which fails unless N equals max(topk); here each
+    row is compared with its own target, and nothing is printed.
+    """
+    scores = np.asarray(output.detach().cpu() if hasattr(output, "detach") else output)
+    classes = np.asarray(target.detach().cpu() if hasattr(target, "detach") else target).reshape(-1, 1)
+    if scores.ndim != 2 or len(classes) != len(scores):
+        raise ValueError(f"output has shape {scores.shape} and target {len(classes)} entries; expected "
+                         "(N, C) scores and N class indices")
+    if max(topk) > scores.shape[1]:
+        raise ValueError(f"top-{max(topk)} of {scores.shape[1]} classes")
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :max(topk)]  # best first; ties: lower index
+    hits = ranked == classes
+    return [float(hits[:, :k].any(axis=1).sum()) for k in topk]
+
+
 def sigmoid(x: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
     """Logistic function 1 / (1 + exp(-x)), elementwise."""
     return 1 / (1 + np.exp(-x))
+
+
+def _plot_curve(title: str, x: np.ndarray, y: np.ndarray, area: float, chance: Tuple[float, float], xlabel: str,
+                ylabel: str) -> None:
+    """A curve with its AUC on a new pyplot figure (inline in notebooks), and dashed red the line of a
+    random scorer, from (0, chance[0]) to (1, chance[1])."""
+    import matplotlib.pyplot as plt  # only here: keeps pyplot's global state out of library use
+
+    plt.figure(dpi=100)
+    plt.title(title)
+    plt.plot(x, y, "b", label=f"AUC = {area:0.2f}")
+    plt.legend(loc="lower right")
+    plt.plot([0, 1], list(chance), "r--")
+    plt.xlim([0, 1])
+    plt.ylim([0, 1])
+    plt.ylabel(ylabel)
+    plt.xlabel(xlabel)
 
 
 def plot_roc(y_pred: np.ndarray, y_true: np.ndarray, roc_name: str,
@@ -105,18 +144,26 @@ def plot_roc(y_pred: np.ndarray, y_true: np.ndarray, roc_name: str,
     fpr, tpr, thresholds = roc_curve(y_true, y_pred)
     roc_auc = auc(fpr, tpr)
     if plot:
-        import matplotlib.pyplot as plt  # only here: keeps pyplot's global state out of library use
-
-        plt.figure(dpi=100)
-        plt.title(roc_name)
-        plt.plot(fpr, tpr, "b", label=f"AUC = {roc_auc:0.2f}")
-        plt.legend(loc="lower right")
-        plt.plot([0, 1], [0, 1], "r--")
-        plt.xlim([0, 1])
-        plt.ylim([0, 1])
-        plt.ylabel("True Positive Rate")
-        plt.xlabel("False Positive Rate")
+        _plot_curve(roc_name, fpr, tpr, roc_auc, (0, 1), "False Positive Rate", "True Positive Rate")
     return fpr, tpr, thresholds, roc_auc
+
+
+def plot_pr(y_pred: np.ndarray, y_true: np.ndarray, pr_name: str,
+            plot: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision-recall curve of one label: ``(precision, recall, thresholds)`` of sklearn's
+    `precision_recall_curve`.
+
+    With `plot=True` it is drawn on a new pyplot figure with its trapezoidal area and, dashed, the
+    prevalence (a random scorer's precision). `evaluate` does not call it (the original computed it
+    for every label and threw it away).
+    """
+    y_true = np.asarray(y_true)
+    precision, recall, thresholds = precision_recall_curve(y_true, y_pred)
+    if plot:
+        prevalence = float(np.mean(y_true == 1))
+        _plot_curve(pr_name, recall, precision, auc(recall, precision), (prevalence, prevalence), "Recall",
+                    "Precision")
+    return precision, recall, thresholds
 
 
 def choose_operating_point(fpr: np.ndarray, tpr: np.ndarray,

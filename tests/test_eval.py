@@ -259,3 +259,31 @@ def test_plot_roc_curves_writes_png(tmp_path):
                              plot_labels=["Cardiomegaly", "Edema"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+
+
+def test_accuracy_counts_rows_whose_target_is_among_their_top_k():
+    import torch
+
+    rng = np.random.default_rng(13)
+    scores = rng.random((50, 6))
+    target = rng.integers(0, 6, 50)
+    rank_of_target = (scores > scores[np.arange(50), target][:, None]).sum(axis=1)  # 0 = best
+    expected = [float((rank_of_target < k).sum()) for k in (1, 3, 5)]
+    assert ev.accuracy(scores, target, (1, 3, 5)) == expected
+    assert ev.accuracy(torch.tensor(scores), torch.tensor(target).view(-1, 1), topk=(1, 3, 5)) == expected
+    with pytest.raises(ValueError, match="top-7 of 6"):
+        ev.accuracy(scores, target, (7,))
+
+
+def test_plot_pr_returns_sklearns_curve_and_draws_it():
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    y_pred, y_true = make_data(100, [0.3], seed=14)
+    curve = ev.plot_pr(y_pred[:, 0], y_true[:, 0], "A Precision-Recall Curve")
+    for ours, theirs in zip(curve, precision_recall_curve(y_true[:, 0], y_pred[:, 0])):
+        np.testing.assert_array_equal(ours, theirs)
+    figures = len(plt.get_fignums())
+    ev.plot_pr(y_pred[:, 0], y_true[:, 0], "A Precision-Recall Curve", plot=True)
+    assert len(plt.get_fignums()) == figures + 1 and plt.gca().get_title() == "A Precision-Recall Curve"
+    plt.close("all")

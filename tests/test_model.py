@@ -10,8 +10,18 @@ from torch import nn
 
 import clip
 import zero_shot
-from model import (CLIP, MODEL_CONFIG_FILE, MODEL_CONFIGS, MultiheadSelfAttention, ResidualAttentionBlock, Transformer,
-                   build_model, convert_weights, model_config, original_config)
+from model import (
+    CLIP,
+    MODEL_CONFIG_FILE,
+    MODEL_CONFIGS,
+    MultiheadSelfAttention,
+    ResidualAttentionBlock,
+    Transformer,
+    build_model,
+    convert_weights,
+    model_config,
+    original_config,
+)
 
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
              context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
@@ -159,7 +169,8 @@ def test_text_encoded_in_length_groups_equals_one_pass() -> None:
     with torch.no_grad():
         expected = model.encode_text(tokens)
         for groups in (1, 2, 4, 8):
-            torch.testing.assert_close(train.encode_text_by_length(model, tokens, groups), expected, rtol=1e-5, atol=1e-6)
+            by_length = train.encode_text_by_length(model, tokens, groups)
+            torch.testing.assert_close(by_length, expected, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the one loader
