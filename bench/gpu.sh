@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" bench/train.py --device cuda --model_config vit-b-32 --batch_size 256 \
+"$PY" -m bench.train --device cuda --model_config vit-b-32 --batch_size 256 \
     --settings fp32,amp_bf16,amp_bf16+compile --warmup 5 --steps 20 --images 4096 \
     --num_workers 8 --parity --loader

@@ -1,6 +1,6 @@
 """Bench: image preprocessing throughput (img/s) and output size (bytes/img) of data_process.
 
-Run from the repository root:  .venv/bin/python bench/preprocess.py [--n 200]
+Run from the repository root:  .venv/bin/python -m bench.preprocess [--n 200]
 
 Generates N MIMIC-sized JPGs (2544x3056, quality 95, CXR-like smooth anatomy plus film grain,
 about 1.5 MB each) once into a temporary folder, then times ``data_process.img_to_hdf5`` on them:
@@ -17,18 +17,15 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import cv2
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data_process as dp  # noqa: E402
+import data_process as dp
 
 WIDTH, HEIGHT, QUALITY = 2544, 3056, 95
 

@@ -4,8 +4,8 @@ Prints the device, then one row per setting: pairs/s (data loading included), pe
 and model FLOP utilisation. Synthetic data (smooth uint8 images, report-like captions) is
 generated once into a temporary folder; nothing is downloaded.
 
-    python bench/train.py                                   # CPU: original vs fp32 vs fp32+compile, ViT-B/32, B=16
-    python bench/train.py --device cuda --batch_size 256 --settings fp32,amp_bf16,amp_bf16+compile --loader
+    python -m bench.train                                   # CPU: original vs fp32 vs fp32+compile, ViT-B/32, B=16
+    python -m bench.train --device cuda --batch_size 256 --settings fp32,amp_bf16,amp_bf16+compile --loader
 
 Settings: ``original`` is the original loop (per-image float32 h5 reads, per-sample CPU
 normalise + resize, the tokenizer rebuilt every batch, no workers, fp32); the others are
@@ -30,11 +30,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clip  # noqa: E402
-import train  # noqa: E402
-from model import CLIP, MODEL_CONFIGS  # noqa: E402
-from simple_tokenizer import SimpleTokenizer  # noqa: E402
+import clip
+import train
+from model import CLIP, MODEL_CONFIGS
+from simple_tokenizer import SimpleTokenizer
 
 PHRASES = ["no acute cardiopulmonary process", "small left pleural effusion", "moderate cardiomegaly",
            "mild pulmonary edema", "right lower lobe consolidation", "bibasilar atelectasis",
@@ -206,7 +205,8 @@ def main() -> None:
     config = p.parse_args()
     device = torch.device(config.device)
     cuda = device.type == "cuda"
-    settings = (config.settings or ("fp32,amp_bf16,amp_bf16+compile" if cuda else "original,fp32,fp32+compile")).split(",")
+    default_settings = "fp32,amp_bf16,amp_bf16+compile" if cuda else "original,fp32,fp32+compile"
+    settings = (config.settings or default_settings).split(",")
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     peak = config.peak_tflops or (790.0 if cuda and ("H100" in name or "H200" in name) else None)
     if cuda:

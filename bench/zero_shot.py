@@ -1,7 +1,7 @@
 """Bench: the original zero-shot loop vs zero_shot.run_softmax_eval, ViT-B/32, 14 labels, same CPU, same run.
 
-Run from the repository root:  .venv/bin/python bench/zero_shot.py [--n_images 24] [--batch_size 32]
-On a GPU machine:  python3 bench/zero_shot.py --device cuda --n_images 512 --batch_size 256 --num_workers 8
+Run from the repository root:  .venv/bin/python -m bench.zero_shot [--n_images 24] [--batch_size 32]
+On a GPU machine:  python3 -m bench.zero_shot --device cuda --n_images 512 --batch_size 256 --num_workers 8
 
 The baseline re-implements the original's path with our model: a batch-1 DataLoader, the text
 encoder called once per class, and every image encoded twice (one pass for "{}", one for
@@ -11,7 +11,6 @@ does (contiguous uint8 batches, normalise + resize batched on the model's device
 encoding included, as a user waits for it), the speedup, and the largest difference of the scores.
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clip  # noqa: E402
-import zero_shot as zs  # noqa: E402
-from model import CLIP, MODEL_CONFIGS  # noqa: E402
+import clip
+import zero_shot as zs
+from labels import CHEXPERT_EVAL_ORDER, PAIR_TEMPLATE
+from model import CLIP, MODEL_CONFIGS
 
 
 def original_zeroshot_classifier(classnames, template, model, device):
