@@ -16,7 +16,6 @@ from PIL import Image
 
 import data_process as dp
 
-
 # ------------------------------------------------------------------------------------------
 # Images
 # ------------------------------------------------------------------------------------------
@@ -411,7 +410,7 @@ def test_padchest_label_parser_rejects_non_lists(cell):
 
 
 def test_real_padchest_csv_parses_without_errors():
-    import phantom   # finds torchxrayvision's data without importing it (its import shadows our model.py)
+    import phantom  # finds torchxrayvision's data without importing it (its import shadows our model.py)
     csv = phantom.torchxrayvision_data() / f"{phantom.PADCHEST_CSV}.gz"
     df = pd.read_csv(csv, usecols=["ImageID", "MethodLabel", "Labels"])
     parsed = [dp.parse_padchest_labels(v) for v in df["Labels"]]   # raises on any malformed cell

@@ -1,18 +1,15 @@
 """The demo chain at smoke scale: phantom data -> preprocessing -> training -> zero-shot AUROC,
 through the same CLIs a user types, into a temporary folder; a second run reuses the stages."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+from conftest import run_python
+from labels import COMPETITION_LABELS
 
 
 def run_demo(workdir: Path) -> str:
-    done = subprocess.run([sys.executable, "demo.py", "--scale", "smoke", "--workdir", str(workdir)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_python("demo.py", "--scale", "smoke", "--workdir", str(workdir), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -23,7 +20,7 @@ def test_smoke_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path) -> None:
     for name in ("auroc.md", "auroc.csv", "roc.png", "loss.png", "mcc_f1.csv", "thresholds.csv", "README.md"):
         assert (out / name).stat().st_size > 0, name
     auroc = pd.read_csv(out / "auroc.csv")
-    assert set(LABELS) <= set(auroc.iloc[:, 0])
+    assert set(COMPETITION_LABELS) <= set(auroc.iloc[:, 0])
     table = (out / "auroc.md").read_text()
     assert "Mean (5 competition)" in table and table in first          # the table is printed at the end
     summary = (out / "README.md").read_text()

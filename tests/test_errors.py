@@ -3,7 +3,6 @@ check and the output lock that every CLI uses."""
 import errno
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,8 +11,7 @@ import pytest
 import cxr_data
 import errors
 import run_lock
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def _main_raising(exc):
@@ -100,7 +98,8 @@ with run_lock.hold(sys.argv[1], "test holder"):
 
 def test_a_live_holder_is_named_and_a_killed_one_releases_the_lock(tmp_path):
     out = tmp_path / "out.h5"
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(errors.UserError, match=rf"being written by a live process \(pid {holder.pid}: test holder"):

@@ -5,8 +5,6 @@ import gzip
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,21 +13,17 @@ import pytest
 from PIL import Image
 
 import phantom
-from phantom import streams
+from conftest import run_python
 from data_process import chexzero_impression
 from errors import UserError
+from phantom import streams
 
-ROOT = Path(__file__).resolve().parents[1]
 # The official MIMIC section parser's header pattern: newline, space, capitals and ()/,- then ": ".
 MIMIC_HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")
 
 
-@pytest.fixture(scope="session")
-def phantom_root(tmp_path_factory):
-    """A small phantom root, generated once for the whole session."""
-    root = tmp_path_factory.mktemp("phantom")
-    manifest = phantom.generate(root, studies=40, seed=0, test_studies=40, valid_studies=15, padchest_images=12, workers=2)
-    return root, manifest
+# phantom_root: a small phantom root (40 studies of each MIMIC and CheXpert test, 15 valid, 12 PadChest
+# images, seed 0), generated once for the whole session (conftest.py).
 
 
 def read_gz_csv(path: Path) -> list[list[str]]:
@@ -40,9 +34,12 @@ def read_gz_csv(path: Path) -> list[list[str]]:
 def test_mesh_mapping_follows_the_documented_table():
     labels = phantom.mesh_terms_to_labels((
         "Pulmonary Atelectasis/base/left", "Pulmonary Congestion", "Catheters, Indwelling", "Implanted Medical Device",
-        "Cardiac Shadow/enlarged/borderline", "Calcified Granuloma/lung/upper lobe/right", "Costophrenic Angle/bilateral/blunted"))
-    assert labels == {"Atelectasis": 1.0, "Edema": 1.0, "Support Devices": 1.0, "Cardiomegaly": -1.0, "Pleural Effusion": 1.0}
-    negated = phantom.report_labels(("Catheters, Indwelling",), "No pleural effusion or pneumothorax. Heart size normal.")
+        "Cardiac Shadow/enlarged/borderline", "Calcified Granuloma/lung/upper lobe/right",
+        "Costophrenic Angle/bilateral/blunted"))
+    assert labels == {"Atelectasis": 1.0, "Edema": 1.0, "Support Devices": 1.0, "Cardiomegaly": -1.0,
+                      "Pleural Effusion": 1.0}
+    negated = phantom.report_labels(("Catheters, Indwelling",),
+                                    "No pleural effusion or pneumothorax. Heart size normal.")
     assert negated == {"Support Devices": 1.0, "Pleural Effusion": 0.0, "Pneumothorax": 0.0, "No Finding": 1.0}
     assert "No Finding" not in phantom.report_labels(("Opacity/lung/base/left",), "Left basilar opacity.")
 
@@ -68,12 +65,13 @@ def test_mimic_csvs_have_the_real_columns_and_values(phantom_root):
     root, manifest = phantom_root
     jpg = root / "mimic-cxr-jpg" / "2.0.0"
     metadata = read_gz_csv(jpg / "mimic-cxr-2.0.0-metadata.csv.gz")
-    assert metadata[0] == ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-                           "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
+    assert metadata[0] == ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
+                           "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
                            "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"]
     rows = metadata[1:]
     assert {"PA", "AP", "LATERAL", "LL", ""} <= {r[4] for r in rows}
-    assert all(re.fullmatch(r"([0-9a-f]{8}-){4}[0-9a-f]{8}", r[0]) and r[1].startswith("1") and r[2].startswith("5") for r in rows)
+    assert all(re.fullmatch(r"([0-9a-f]{8}-){4}[0-9a-f]{8}", r[0]) and r[1].startswith("1") and r[2].startswith("5")
+               for r in rows)
     assert all(r[7][:2] in ("21", "22") and len(r[7]) == 8 and float(r[8]) < 240000 for r in rows)
     lateral = sum(r[4] in ("LATERAL", "LL") for r in rows) / len(rows)
     assert 0.2 < lateral < 0.5
@@ -87,7 +85,7 @@ def test_mimic_csvs_have_the_real_columns_and_values(phantom_root):
     assert all(len(s) == 1 for s in per_patient.values())
 
     labels = read_gz_csv(jpg / "mimic-cxr-2.0.0-chexpert.csv.gz")
-    assert labels[0] == ["subject_id", "study_id"] + sorted(phantom.LABELS) == ["subject_id", "study_id"] + phantom.LABELS
+    assert labels[0] == ["subject_id", "study_id", *phantom.LABELS] and phantom.LABELS == sorted(phantom.LABELS)
     values = {v for r in labels[1:] for v in r[2:]}
     assert values <= {"1.0", "0.0", "-1.0", ""} and {"1.0", "0.0", ""} <= values
     assert {r[2 + phantom.LABELS.index("No Finding")] for r in labels[1:]} <= {"1.0", ""}
@@ -209,8 +207,10 @@ def test_manifest_lists_counts_and_edge_cases(phantom_root):
 def test_same_seed_gives_identical_bytes_whatever_the_workers(tmp_path):
     files = []
     for name, workers in (("a", 1), ("b", 2)):
-        phantom.generate(tmp_path / name, studies=8, seed=3, test_studies=4, valid_studies=3, padchest_images=3, workers=workers)
-        files.append({p.relative_to(tmp_path / name): p.read_bytes() for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+        phantom.generate(tmp_path / name, studies=8, seed=3, test_studies=4, valid_studies=3, padchest_images=3,
+                         workers=workers)
+        files.append({p.relative_to(tmp_path / name): p.read_bytes()
+                      for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
     assert files[0].keys() == files[1].keys() and len(files[0]) > 30
     assert all(files[0][k] == files[1][k] for k in files[0])
 
@@ -234,8 +234,7 @@ def test_findings_are_learnable_and_not_a_brightness_shortcut():
 
 
 def test_cli_help_documents_every_flag():
-    text = subprocess.run([sys.executable, "-m", "phantom", "-h"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout
+    text = run_python("-m", "phantom", "-h", check=True).stdout
     assert text.startswith("usage: python -m phantom")
     for flag in ("--out", "--studies", "--seed", "--test_studies", "--valid_studies", "--padchest_images", "--workers",
                  "--contact_sheet", "--learnability", "--overwrite"):
@@ -243,8 +242,8 @@ def test_cli_help_documents_every_flag():
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "phantom", "--out", str(tmp_path / "root"), "--studies", "2",
-                             "--test_studies", "1", "--valid_studies", "201"], cwd=ROOT, capture_output=True, text=True)
+    result = run_python("-m", "phantom", "--out", str(tmp_path / "root"), "--studies", "2", "--test_studies", "1",
+                        "--valid_studies", "201")
     assert result.returncode == 2 and "at most 200 valid studies" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "root" / "manifest.json").exists()
 
@@ -258,7 +257,8 @@ def test_a_second_root_is_not_written_over_the_first(tmp_path):
     assert (tmp_path / "manifest.json").read_text() == "{}"
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not part of a phantom root \\(notes.txt\\)"):
-        phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1, overwrite=True)
+        phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1,
+                         overwrite=True)
     (tmp_path / "notes.txt").unlink()
     manifest = phantom.generate(tmp_path, studies=3, test_studies=1, valid_studies=1, padchest_images=0, workers=1,
                                 overwrite=True)

@@ -24,15 +24,14 @@ import time
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import pytest
 
 import data_process as dp
 import preprocess_train_data as cli
+from conftest import ROOT, env_with_path, read_h5, run_python
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = str(REPO / "preprocess_train_data.py")
+CLI = str(ROOT / "preprocess_train_data.py")
 TIMEOUT = 60   # seconds; a run here takes a few
 
 
@@ -152,7 +151,7 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    return run_python(CLI, *args, cwd=cwd, timeout=TIMEOUT)
 
 
 def the_error_line(stderr: str, prog: str = "preprocess_train_data.py") -> str:
@@ -169,19 +168,16 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.partial*")) + sorted(p.name for p in folder.glob("*.tmp"))
 
 
-def read_h5(path: Path | str) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f["cxr"][:]
-
-
 def run_script(tmp_path: Path, body: str, stdin: bool = False) -> subprocess.Popen:
     """A script WITHOUT an ``if __name__ == "__main__":`` guard, as a file or on stdin (in a
-    session of its own, so that :func:`finish` can stop all of its processes)."""
+    session of its own, so that :func:`finish` can stop all of its processes), run outside the
+    repository with its modules on PYTHONPATH."""
     script = tmp_path / "script.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n{body}")
+    script.write_text(body)
     argv = [sys.executable, "-"] if stdin else [sys.executable, str(script)]
     return started(subprocess.Popen(argv, stdin=script.open() if stdin else subprocess.DEVNULL, cwd=tmp_path,
-                                    text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+                                    env=env_with_path(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True))
 
 
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
@@ -254,16 +250,15 @@ def test_a_pool_whose_workers_cannot_start_is_an_error_not_a_hang(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     for name in ("data_process.py", "errors.py", "run_lock.py", "worker_pool.py"):
-        shutil.copy(REPO / name, lib / name)
+        shutil.copy(ROOT / name, lib / name)
     out = tmp_path / "cxr.h5"
     script = tmp_path / "script.py"
-    script.write_text(f"""import os, sys
-sys.path.insert(0, {str(lib)!r})
+    script.write_text(f"""import os
 import data_process
 os.remove({str(lib / "data_process.py")!r})
 data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
 """)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**env_with_path(lib), "PYTHONDONTWRITEBYTECODE": "1"}
     proc = started(subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, start_new_session=True))
     _, stderr = finish(proc)

@@ -10,7 +10,6 @@ and --debug cases also run as separate ``python run_zero_shot.py`` processes.
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -25,10 +24,10 @@ import errors
 import eval as ev
 import run_zero_shot
 import zero_shot as zs
+from conftest import ROOT, run_python
 from model import CLIP
 from test_zero_shot import LABELS, SMALL, save_clip, small_clip, write_h5, write_labels
 
-ROOT = Path(__file__).resolve().parents[1]
 PROG = "run_zero_shot.py"
 
 
@@ -179,8 +178,7 @@ def cli_results(inputs) -> dict:
     cases = {name: argv(inputs, f"out_{name}", **{k: _fill(v, inputs) for k, v in changes.items()})
              for name, changes, _ in CASES}
     cases["good"] = argv(inputs, "out_good")
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / PROG)],
-                          input=json.dumps(cases), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = run_python("-c", DRIVER, str(ROOT / PROG), input=json.dumps(cases), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -223,7 +221,7 @@ def test_the_same_arguments_without_a_fault_run_to_exit_0(cli_results, inputs):
 
 # --------------------------------------------------------------------------- real processes
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, PROG, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return run_python(PROG, *args)
 
 
 def test_a_checkpoint_with_pickled_code_is_refused_without_running_it(inputs):

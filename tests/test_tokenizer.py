@@ -69,7 +69,7 @@ def test_cleaning_rules(tokenizer: SimpleTokenizer) -> None:
 
 def iu_report_texts(limit: int = 300) -> list[str]:
     """FINDINGS/IMPRESSION text of real Indiana University reports shipped by torchxrayvision."""
-    import phantom   # finds torchxrayvision's data without importing it (its import shadows our model.py)
+    import phantom  # finds torchxrayvision's data without importing it (its import shadows our model.py)
     tgz = phantom.torchxrayvision_data() / "NLMCXR_reports.tgz"
     texts = []
     with tarfile.open(tgz) as tar:

@@ -2,15 +2,11 @@
 instead of a hang when a worker dies."""
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import worker_pool
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import env_with_path, run_python
 
 
 def test_results_come_back_in_order_whatever_the_workers():
@@ -24,9 +20,8 @@ def test_a_worker_that_dies_is_an_error_not_a_hang():
         list(worker_pool.imap(os._exit, [7, 7, 7, 7], 2, batch=1))
 
 
-UNGUARDED = f"""
-import math, sys
-sys.path.insert(0, {str(ROOT)!r})
+UNGUARDED = """
+import math
 import worker_pool
 print(sum(worker_pool.imap(math.isqrt, range(100), 2)))
 """
@@ -37,8 +32,8 @@ def test_an_unguarded_caller_is_not_re_run_by_the_workers(tmp_path, how):
     """spawn re-runs __main__ in every worker: an unguarded script would recurse, stdin has no file."""
     script = tmp_path / "script.py"
     script.write_text(UNGUARDED)
-    cmd = [sys.executable, str(script)] if how == "script file" else [sys.executable, "-"]
-    done = subprocess.run(cmd, input=None if how == "script file" else UNGUARDED, capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    args = [str(script)] if how == "script file" else ["-"]
+    done = run_python(*args, input=None if how == "script file" else UNGUARDED, timeout=60, cwd=tmp_path,
+                      env=env_with_path())    # the repository's modules, from a script outside it
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(sum(math.isqrt(i) for i in range(100)))]   # printed once: no re-run
