@@ -723,6 +723,44 @@ def _first_index(tokens: list[str], *candidates: str) -> int | None:
     return None
 
 
+# The original's line-based helpers (unused by its pipeline, kept for notebooks that import them).
+# A section header line: optional indent, then capitals (and " ()/,-") ending in a colon, e.g.
+# " IMPRESSION:" or " RECOMMENDATION(S):", the headers of MIMIC-CXR reports.
+_SECTION_HEADER_LINE = re.compile(r"\s*[A-Z][A-Z ()/,-]*:")
+
+
+def section_start(lines: Sequence[str], section: str = " IMPRESSION") -> int:
+    """Index of the first line that starts with ``section`` (MIMIC-CXR indents its headers by one
+    space, hence the default ``" IMPRESSION"``), or -1 when no line does."""
+    for idx, line in enumerate(lines):
+        if line.startswith(section):
+            return idx
+    return -1
+
+
+def section_end(lines: Sequence[str], section_start: int) -> int:
+    """End (exclusive) of the section whose header is line ``section_start``: the next line that is a
+    section header (``" RECOMMENDATION(S): ..."``, ``" NOTIFICATION: ..."``...), else ``len(lines)``;
+    ``lines[start:end]`` is the section. -1 when ``section_start`` is -1 (no such section).
+
+    The original left this a stub that returned None.
+    """
+    if section_start < 0:
+        return -1
+    for idx in range(section_start + 1, len(lines)):
+        if _SECTION_HEADER_LINE.match(lines[idx]):
+            return idx
+    return len(lines)
+
+
+def getIndexOfLast(l: Sequence, element: object) -> int:  # noqa: E741 - the original's names
+    """Index of the last occurrence of ``element`` in ``l``; ValueError when it does not occur."""
+    for idx in range(len(l) - 1, -1, -1):
+        if l[idx] == element:
+            return idx
+    raise ValueError(f"{element!r} is not in the list")
+
+
 def chexzero_impression(text: str) -> str:
     """CheXzero's impression rule, exactly.
 

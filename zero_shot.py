@@ -563,3 +563,28 @@ def run_cxr_zero_shot(model_path: str | Path, context_length: int = 77, pretrain
     results, _ = run_zero_shot(CHEXPERT_LABELS, [PAIR_TEMPLATE], model_path, cxr_filepath, final_label_path,
                                context_length=context_length, pretrained=pretrained, use_bootstrap=False)
     return CHEXPERT_LABELS, results[0]
+
+
+def validation_zero_shot(model_path: str | Path, context_length: int = 77, pretrained: bool | None = False, *,
+                         cxr_filepath: str | Path = "data/chexpert_valid.h5",
+                         final_label_path: str | Path = "data/val_sex_labels.csv"
+                         ) -> tuple[list[str], tuple[pd.DataFrame, pd.DataFrame]]:
+    """The original's sanity task for tuning on a validation set: the patient's sex, zero-shot.
+
+    Labels ``["Female", "Male"]``, the one prompt "the patient's sex is {}", scored without the
+    negative prompt (``softmax_eval=False``: each image's two similarities standardised, then a
+    sigmoid), AUROC bootstrapped. ``final_label_path`` is read with ``cutlabels=False``: its first
+    column is a key and is dropped, the next two are 0/1 for Female and Male, one row per image of
+    ``cxr_filepath`` (e.g. made from the Sex column of CheXpert's valid.csv). Returns
+    ``(labels, (boot_stats, cis))``.
+
+    The original could not run: it read an undefined ``cxr_filepath`` (NameError), so the paths
+    are arguments here. It also ignored ``pretrained`` (always the ViT-B/32 architecture), ran the
+    experiment twice and returned nothing; here ``pretrained`` counts as in :func:`load_clip` (True
+    or None for the released checkpoints), the task runs once and its result is returned.
+    """
+    labels = ["Female", "Male"]
+    results, _ = run_zero_shot(labels, ["the patient's sex is {}"], model_path, cxr_filepath, final_label_path,
+                               softmax_eval=False, context_length=context_length, pretrained=pretrained,
+                               use_bootstrap=True, cutlabels=False)
+    return labels, results[0]
