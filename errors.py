@@ -1,10 +1,11 @@
 """User errors: one clear line on stderr and exit status 2; tracebacks only for bugs.
 
-Every CLI parses its flags with :class:`ArgumentParser` and runs its ``main`` through :func:`run_cli`. Library code raises :class:`UserError`
-(or a subclass) for anything the user can fix: a missing or malformed file, a bad flag, a
-resume that does not match. The message names the file or flag, says what is wrong and what
-to do. Any other exception is a bug and keeps its traceback. ``--debug`` (every CLI has it, via
-:class:`ArgumentParser`) or ``CHEXZERO_DEBUG=1`` shows the traceback of a user error too.
+Every CLI parses its flags with :class:`ArgumentParser` and runs its ``main`` through
+:func:`run_cli`. Library code raises :class:`UserError` (or a subclass) for anything the user
+can fix: a missing or malformed file, a bad flag, a resume that does not match. The message
+names the file or flag, says what is wrong and what to do. Any other exception is a bug and keeps
+its traceback. ``--debug`` (every CLI has it, via :class:`ArgumentParser`) or ``CHEXZERO_DEBUG=1``
+shows the traceback of a user error too.
 
 Operating-system errors on the user's files (not found, permission denied, disk full) are
 user errors as well: :func:`run_cli` turns an ``OSError`` that carries a file name into one

@@ -32,12 +32,32 @@ from .canvas import Anatomy, Canvas, Pose, anatomy_with, sample_anatomy, sample_
 from .checks import contact_sheet, learnability
 from .frontal import FRONTAL_FINDINGS, atelectasis, draw_frontal_anatomy
 from .images import ImageJob, render, write_image, write_images
-from .labels import (CHEXPERT_ORDER, CHEXPERT_TEST_POSITIVES, CHEXPERT_TEST_PREVALENCE, COMPETITION, LABELS,
-                     MESH_TO_CHEXPERT, PADCHEST_TO_CHEXPERT, PATHOLOGIES, Finding, make_finding, mesh_term,
-                     mesh_terms_to_labels, report_labels)
+from .labels import (
+    CHEXPERT_ORDER,
+    CHEXPERT_TEST_POSITIVES,
+    CHEXPERT_TEST_PREVALENCE,
+    COMPETITION,
+    LABELS,
+    MESH_TO_CHEXPERT,
+    PADCHEST_TO_CHEXPERT,
+    PATHOLOGIES,
+    Finding,
+    make_finding,
+    mesh_term,
+    mesh_terms_to_labels,
+    report_labels,
+)
 from .lateral import LATERAL_FINDINGS, draw_lateral_anatomy
-from .reports import (IUReport, findings_for_labels, findings_of_report, iu_reports, mimic_report, positives_matrix,
-                      sample_label_rows, torchxrayvision_data)
+from .reports import (
+    IUReport,
+    findings_for_labels,
+    findings_of_report,
+    iu_reports,
+    mimic_report,
+    positives_matrix,
+    sample_label_rows,
+    torchxrayvision_data,
+)
 from .streams import STREAMS
 from .writers import PADCHEST_CSV, generate
 

@@ -32,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data/phantom", help="root folder to write (default: data/phantom)")
     parser.add_argument("--studies", type=positive_int, default=2000, help="MIMIC-CXR studies (default: 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
-    parser.add_argument("--test_studies", type=non_negative_int, default=500, help="CheXpert test studies, patients 64741+ (default: 500)")
+    parser.add_argument("--test_studies", type=non_negative_int, default=500,
+                        help="CheXpert test studies, patients 64741+ (default: 500)")
     parser.add_argument("--valid_studies", type=non_negative_int, default=200,
                         help="CheXpert valid studies, patients 64541-64740 (default and maximum: 200)")
     parser.add_argument("--padchest_images", type=non_negative_int, default=300,
                         help="PadChest rows sampled from the Physician-labelled rows (default: 300)")
-    parser.add_argument("--workers", type=positive_int, default=None, help="processes drawing images (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes drawing images (default: all cores)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an earlier phantom root at --out first (a non-empty --out is refused otherwise)")
     parser.add_argument("--contact_sheet", metavar="PATH",

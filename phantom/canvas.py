@@ -19,7 +19,6 @@ import numpy as np
 
 from .labels import Finding
 
-
 RIGHT, LEFT = -1, +1  # the patient's side as a sign of u (patient right = image left)
 SIDES = {"right": (RIGHT,), "left": (LEFT,), "bilateral": (RIGHT, LEFT)}
 ZONES = {"upper": (0.0, 0.42), "middle": (0.38, 0.7), "lower": (0.62, 1.05)}  # fractions of lung height

@@ -36,7 +36,8 @@ def _render_thumbnail(job: tuple) -> np.ndarray:
     return square_thumbnail((image * 255).round().astype(np.uint8), size).astype(np.float32) / 255.0
 
 
-def learnability(n: int = 600, seed: int = 0, size: int = 64, workers: int | None = None) -> dict[str, dict[str, float]]:
+def learnability(n: int = 600, seed: int = 0, size: int = 64,
+                 workers: int | None = None) -> dict[str, dict[str, float]]:
     """Held-out AUROC, per competition finding, of (a) logistic regression on `size` x `size`
     pixels (each image standardised, as a network's input would be) and (b) mean image intensity
     alone, on `n` frontal phantoms: two thirds to train, one third held out. Label sets are IU
@@ -81,10 +82,14 @@ CONTACT_SHEET_CASES = [
     ("Lung Lesion (L, mass)", [Finding("Lung Lesion", 3, "left", "upper")]),
     ("Enl. Cardiomediastinum", [Finding("Enlarged Cardiomediastinum", 3)]),
     ("Fracture (R rib)", [Finding("Fracture", 3, "right")]),
-    ("Support Devices", [Finding("Support Devices", 2, device="pacemaker"), Finding("Support Devices", 2, device="endotracheal_tube"),
-                         Finding("Support Devices", 2, device="enteric_tube"), Finding("Support Devices", 2, device="central_line")]),
-    ("Lung Opacity + Pneumonia", [Finding("Lung Opacity", 2, "left", "middle"), Finding("Pneumonia", 3, "right", "lower")]),
-    ("Cardiomegaly, Edema, Effusion", [Finding("Cardiomegaly", 2), Finding("Edema", 3), Finding("Pleural Effusion", 2, "bilateral")]),
+    ("Support Devices", [Finding("Support Devices", 2, device="pacemaker"),
+                         Finding("Support Devices", 2, device="endotracheal_tube"),
+                         Finding("Support Devices", 2, device="enteric_tube"),
+                         Finding("Support Devices", 2, device="central_line")]),
+    ("Lung Opacity + Pneumonia", [Finding("Lung Opacity", 2, "left", "middle"),
+                                  Finding("Pneumonia", 3, "right", "lower")]),
+    ("Cardiomegaly, Edema, Effusion", [Finding("Cardiomegaly", 2), Finding("Edema", 3),
+                                       Finding("Pleural Effusion", 2, "bilateral")]),
 ]
 
 

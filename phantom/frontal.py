@@ -10,7 +10,6 @@ import numpy as np
 from .canvas import LEFT, LESION_RADIUS, RIGHT, SIDES, ZONES, Anatomy, Canvas, patch_in, ramp, vessel_tree
 from .labels import COMMON_DEVICES, Finding
 
-
 # ---- frontal anatomy: one function per structure ---------------------------------------------
 
 def body_outline(c: Canvas, a: Anatomy) -> None:
@@ -127,7 +126,8 @@ def ribs(c: Canvas, a: Anatomy) -> None:
     w2 = c.v - 0.3 * c.lh * (1.0 - np.clip(x, 0.0, 1.0))
     index2 = (w2 - a.rib_phase - 0.3 * c.lh) / (1.15 * a.rib_spacing)
     phase2 = index2 - np.floor(index2)
-    band2 = ramp(0.2 - np.abs(phase2 - 0.2), 0.1) * (index2 >= 0) * (index2 < 7) * ramp(x - 0.3, 0.1) * ramp(1.02 - x, 0.05) * ramp(c.lh - c.v, 0.1 * c.lh)
+    band2 = (ramp(0.2 - np.abs(phase2 - 0.2), 0.1) * (index2 >= 0) * (index2 < 7) * ramp(x - 0.3, 0.1)
+             * ramp(1.02 - x, 0.05) * ramp(c.lh - c.v, 0.1 * c.lh))
     c.bone += 0.085 * band * (0.6 + 0.4 * c.air) + 0.035 * band2
 
 
@@ -218,7 +218,8 @@ def edema(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
             t = rng.uniform(0.62, 0.95)
             wall = 0.62 + 0.38 * t ** 0.45 - 0.01
             length, v = rng.uniform(0.05, 0.1), t * c.lh
-            septal = np.maximum(septal, c.stroke([(side * wall, v), (side * (wall - length), v + rng.uniform(-0.01, 0.01))], 0.012, smooth=False))
+            line = [(side * wall, v), (side * (wall - length), v + rng.uniform(-0.01, 0.01))]
+            septal = np.maximum(septal, c.stroke(line, 0.012, smooth=False))
     c.air *= 1.0 - 0.6 * septal
 
 
@@ -236,7 +237,8 @@ def airspace_opacity(c: Canvas, f: Finding, rng: np.random.Generator, density: f
 
 def consolidation(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
     """Dense lobar opacity filling most of a lobe, with air bronchograms, sharp at the fissure."""
-    airspace_opacity(c, f, rng, density=0.95, coverage={1: 0.8, 2: 0.9, 3: 1.0}, softness=0.3, bronchograms=4, grow=0.06)
+    airspace_opacity(c, f, rng, density=0.95, coverage={1: 0.8, 2: 0.9, 3: 1.0}, softness=0.3, bronchograms=4,
+                     grow=0.06)
 
 
 def pneumonia(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
@@ -363,7 +365,8 @@ def surgical_clips(c: Canvas, a: Anatomy, rng: np.random.Generator) -> None:
     for _ in range(int(rng.integers(3, 7))):
         x, y = cx + rng.normal(0, 0.06), cy + rng.normal(0, 0.06)
         angle = rng.uniform(0, np.pi)
-        c.metal += 0.8 * c.stroke([(x, y), (x + 0.035 * math.cos(angle), y + 0.035 * math.sin(angle))], 0.012, smooth=False)
+        c.metal += 0.8 * c.stroke([(x, y), (x + 0.035 * math.cos(angle), y + 0.035 * math.sin(angle))], 0.012,
+                                  smooth=False)
 
 
 DEVICE_DRAWERS = {"endotracheal_tube": endotracheal_tube, "enteric_tube": enteric_tube,

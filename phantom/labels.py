@@ -2,7 +2,8 @@
 
 The one place the generator's labels come from. The 14 CheXpert observations are kept here in
 the two orders the datasets write them (alphabetical in MIMIC's -chexpert.csv.gz, CheXpert's own
-order in its CSVs): the phantom stands in for the datasets, so it writes their orders as they are.
+order in its CSVs): the phantom stands in for the datasets, so it spells their names and orders
+itself rather than taking them from the pipeline's labels.py; tests/test_labels.py checks they agree.
 """
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ NEGATION_CUES = re.compile(r"\b(no|without|negative for|free of)\b")
 SENTENCE_BREAK = re.compile(r"(?<=\.)\s+")
 #: How an impression names each competition finding; CheXzero trains on the impression only, so
 #: MIMIC studies prefer reports whose impression names their findings.
-MENTION_KEYWORDS = {"Atelectasis": r"atelecta", "Cardiomegaly": r"cardiomegaly|enlarged (heart|cardiac)|heart (size )?is enlarged",
+MENTION_KEYWORDS = {"Atelectasis": r"atelecta",
+                    "Cardiomegaly": r"cardiomegaly|enlarged (heart|cardiac)|heart (size )?is enlarged",
                     "Consolidation": r"consolidat", "Edema": r"edema|congestion", "Pleural Effusion": r"effusion"}
 
 #: PadChest label -> CheXpert observation (the findings the phantom can draw).
@@ -221,7 +223,8 @@ def make_finding(label: str, rng: np.random.Generator, severity: int | None = No
             side = "bilateral"
         else:
             p_bilateral = {"Pleural Effusion": 0.35, "Atelectasis": 0.2, "Lung Opacity": 0.2}.get(label, 0.0)
-            p_right = 0.7 if label in ("Consolidation", "Pneumonia") else 0.5  # right lower lobe pneumonia is the commonest
+            # right lower lobe pneumonia is the commonest
+            p_right = 0.7 if label in ("Consolidation", "Pneumonia") else 0.5
             side = "bilateral" if rng.random() < p_bilateral else ("right" if rng.random() < p_right else "left")
     if zone is None:
         zone_p = {"Atelectasis": [0.15, 0.15, 0.7], "Lung Lesion": [0.4, 0.3, 0.3],

@@ -10,7 +10,6 @@ import numpy as np
 from .canvas import LEFT, LESION_RADIUS, RIGHT, SIDES, Anatomy, Canvas, patch_in, ramp, vessel_tree
 from .labels import Finding
 
-
 # ---- lateral anatomy: one function per structure ---------------------------------------------
 
 def lateral_body(c: Canvas, a: Anatomy) -> None:
@@ -32,7 +31,8 @@ def lateral_lungs(c: Canvas, a: Anatomy) -> None:
     for side in (RIGHT, LEFT):
         raise_ = (a.raise_right + a.right_dome_raise) if side == RIGHT else a.raise_left
         diaphragm = c.lh * (0.8 + 0.2 * s ** 2 - raise_)
-        mask = ramp(c.u - front, 0.02) * ramp(back - c.u, 0.02) * ramp(c.v - 0.03 * c.lh, 0.03) * ramp(diaphragm - c.v, 0.012)
+        mask = (ramp(c.u - front, 0.02) * ramp(back - c.u, 0.02) * ramp(c.v - 0.03 * c.lh, 0.03)
+                * ramp(diaphragm - c.v, 0.012))
         c.lung[side] = mask
         c.geometry[side] = {"s": s}
         c.air += 0.5 * mask
@@ -85,7 +85,8 @@ def lateral_spine(c: Canvas, a: Anatomy) -> None:
 def sternum(c: Canvas, a: Anatomy) -> None:
     """The sternum along the anterior chest wall."""
     d = a.ap_depth
-    c.bone += 0.1 * ramp(0.035 - np.abs(c.u + 1.0 * d), 0.015) * ramp(c.v - 0.05 * c.lh, 0.03) * ramp(0.75 * c.lh - c.v, 0.03)
+    c.bone += (0.1 * ramp(0.035 - np.abs(c.u + 1.0 * d), 0.015) * ramp(c.v - 0.05 * c.lh, 0.03)
+               * ramp(0.75 * c.lh - c.v, 0.03))
 
 
 def lateral_ribs(c: Canvas, a: Anatomy) -> None:
@@ -165,7 +166,8 @@ def lateral_lesion(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) 
 def lateral_mediastinum(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
     """Enlarged cardiomediastinum: the retrosternal clear space filled in."""
     d = a.ap_depth
-    fill = c.fill([(-0.95 * d, 0.1 * c.lh), (-0.2 * d, 0.12 * c.lh), (-0.3 * d, 0.55 * c.lh), (-0.95 * d, 0.6 * c.lh)], blur=0.05)
+    fill = c.fill([(-0.95 * d, 0.1 * c.lh), (-0.2 * d, 0.12 * c.lh), (-0.3 * d, 0.55 * c.lh), (-0.95 * d, 0.6 * c.lh)],
+                  blur=0.05)
     c.air *= 1.0 - {1: 0.4, 2: 0.6, 3: 0.8}[f.severity] * fill
 
 

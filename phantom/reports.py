@@ -20,8 +20,17 @@ import numpy as np
 
 from errors import UserError
 
-from .labels import (LABELS, MESH_DEVICE, PATHOLOGIES, SENTENCE_BREAK, Finding, finding_from_words, make_finding,
-                     mesh_term, report_labels)
+from .labels import (
+    LABELS,
+    MESH_DEVICE,
+    PATHOLOGIES,
+    SENTENCE_BREAK,
+    Finding,
+    finding_from_words,
+    make_finding,
+    mesh_term,
+    report_labels,
+)
 
 
 @dataclass
@@ -162,8 +171,10 @@ def findings_for_labels(labels: set[str], report: IUReport | None, rng: np.rando
 
 # ---- MIMIC report text -----------------------------------------------------------------------
 
-TECHNIQUE = {"CHEST (PA AND LAT)": "Chest PA and lateral", "CHEST (PORTABLE AP)": "Single portable AP view of the chest",
-             "CHEST (PRE-OP PA AND LAT)": "Chest PA and lateral", "CHEST (SINGLE VIEW)": "Single frontal view of the chest"}
+TECHNIQUE = {"CHEST (PA AND LAT)": "Chest PA and lateral",
+             "CHEST (PORTABLE AP)": "Single portable AP view of the chest",
+             "CHEST (PRE-OP PA AND LAT)": "Chest PA and lateral",
+             "CHEST (SINGLE VIEW)": "Single frontal view of the chest"}
 NOTIFICATION = ("The findings were discussed with ___, M.D. by ___, M.D. on the telephone on ___ at ___, "
                 "within ___ minutes of their discovery.")
 

@@ -28,10 +28,29 @@ from errors import UserError
 
 from . import streams
 from .images import ImageJob, write_images
-from .labels import (CHEXPERT_ORDER, CHEXPERT_TEST_PREVALENCE, LABELS, MENTION_KEYWORDS, MIMIC_TRAIN_TARGETS,
-                     PADCHEST_DEVICE, PADCHEST_TO_CHEXPERT, SENTENCE_BREAK, Finding, finding_from_words)
-from .reports import (IUReport, findings_for_labels, findings_of_report, iu_reports, mimic_report, positives_matrix,
-                      raking_weights, sample_label_rows, torchxrayvision_data)
+from .labels import (
+    CHEXPERT_ORDER,
+    CHEXPERT_TEST_PREVALENCE,
+    LABELS,
+    MENTION_KEYWORDS,
+    MIMIC_TRAIN_TARGETS,
+    PADCHEST_DEVICE,
+    PADCHEST_TO_CHEXPERT,
+    SENTENCE_BREAK,
+    Finding,
+    finding_from_words,
+)
+from .reports import (
+    IUReport,
+    findings_for_labels,
+    findings_of_report,
+    iu_reports,
+    mimic_report,
+    positives_matrix,
+    raking_weights,
+    sample_label_rows,
+    torchxrayvision_data,
+)
 
 log = logging.getLogger("phantom")
 
@@ -152,7 +171,8 @@ def mimic_report_weights(reports: tuple[IUReport, ...]) -> np.ndarray:
     """Sampling weights over the IU reports: raked towards the MIMIC training rates, and a
     quarter of the weight for reports whose impression does not name one of their competition
     findings (CheXzero trains on the impression only)."""
-    unnamed = [any(r.positive(lab) and not re.search(word, r.impression.lower()) for lab, word in MENTION_KEYWORDS.items())
+    unnamed = [any(r.positive(lab) and not re.search(word, r.impression.lower())
+                   for lab, word in MENTION_KEYWORDS.items())
                for r in reports]
     return raking_weights(positives_matrix(reports), MIMIC_TRAIN_TARGETS, cap=60.0, prior=np.where(unnamed, 0.25, 1.0))
 
@@ -249,7 +269,8 @@ def write_mimic_csvs(jpg_root: Path, tables: MimicTables) -> None:
     metadata = sorted(tables.metadata, key=lambda r: (r[1], r[2], r[0]))
     split_rows = sorted(tables.split_rows, key=lambda r: (r[2], r[1], r[0]))
     label_rows = sorted(tables.label_rows, key=lambda r: (r[0], r[1]))
-    (jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz").write_bytes(gzip_bytes(csv_text(METADATA_COLUMNS, metadata).encode()))
+    (jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz").write_bytes(
+        gzip_bytes(csv_text(METADATA_COLUMNS, metadata).encode()))
     (jpg_root / "mimic-cxr-2.0.0-split.csv.gz").write_bytes(
         gzip_bytes(csv_text(["dicom_id", "study_id", "subject_id", "split"], split_rows).encode()))
     (jpg_root / "mimic-cxr-2.0.0-chexpert.csv.gz").write_bytes(
@@ -269,9 +290,11 @@ def mimic_manifest(out: Path, cohort: MimicCohort, tables: MimicTables) -> dict:
         "no_impression": sorted(paths[s] for s, t in texts.items() if "\n IMPRESSION:" not in t),
         "notification_before_impression": sorted(
             paths[s] for s, t in texts.items()
-            if "\n IMPRESSION:" in t and "\n NOTIFICATION:" in t and t.index("\n NOTIFICATION:") < t.index("\n IMPRESSION:")),
+            if "\n IMPRESSION:" in t and "\n NOTIFICATION:" in t
+            and t.index("\n NOTIFICATION:") < t.index("\n IMPRESSION:")),
         "two_impressions": sorted(paths[s] for s, t in texts.items() if t.count("\n IMPRESSION:") > 1),
-        "missing_from_chexpert_csv": sorted(cohort.study_ids[k] for k in cohort.report_edges["missing_from_chexpert_csv"]),
+        "missing_from_chexpert_csv": sorted(cohort.study_ids[k]
+                                            for k in cohort.report_edges["missing_from_chexpert_csv"]),
     })
     splits = cohort.splits
     manifest["counts"] = {"mimic_patients": len(cohort.subjects), "mimic_studies": len(cohort.study_ids),
@@ -301,7 +324,8 @@ def write_chexpert_test(out: Path, n: int, seed: int) -> list[ImageJob]:
     for i, (labels, findings, female) in enumerate(chexpert_studies(n, seed, "chexpert_test_labels")):
         patient = f"patient{64741 + i:05d}"
         rows.append([f"CheXpert-v1.0/test/{patient}/study1"] + [int(lab in labels) for lab in CHEXPERT_ORDER])
-        views = [("view1_frontal", "AP" if rng.random() < 0.75 else "PA")] + ([("view2_lateral", "LATERAL")] if rng.random() < 0.3 else [])
+        views = ([("view1_frontal", "AP" if rng.random() < 0.75 else "PA")]
+                 + ([("view2_lateral", "LATERAL")] if rng.random() < 0.3 else []))
         for j, (name, view) in enumerate(views):
             size = MIMIC_SIZES[int(rng.integers(len(MIMIC_SIZES)))]
             jobs.append(ImageJob(str(root / "test" / patient / "study1" / f"{name}.jpg"), view, findings, female,
@@ -323,7 +347,8 @@ def write_chexpert_valid(out: Path, n: int, seed: int) -> list[ImageJob]:
     for i, (labels, findings, female) in enumerate(chexpert_studies(n, seed, "chexpert_valid_labels")):
         patient = f"patient{64541 + i:05d}"
         sex, age = ("Female" if female else "Male"), int(rng.integers(18, 91))
-        views = [("view1_frontal", "AP" if rng.random() < 0.75 else "PA")] + ([("view2_lateral", "LATERAL")] if rng.random() < 0.16 else [])
+        views = ([("view1_frontal", "AP" if rng.random() < 0.75 else "PA")]
+                 + ([("view2_lateral", "LATERAL")] if rng.random() < 0.16 else []))
         for j, (name, view) in enumerate(views):
             path = f"CheXpert-v1.0-small/valid/{patient}/study1/{name}.jpg"
             frontal = view != "LATERAL"
@@ -340,6 +365,7 @@ def write_chexpert_valid(out: Path, n: int, seed: int) -> list[ImageJob]:
 
 # ---- PadChest --------------------------------------------------------------------------------
 
+#: The release's label CSV name, spelled here as the dataset does (labels.py has the pipeline's; a test compares).
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 
 
@@ -361,12 +387,14 @@ def padchest_findings(row: dict[str, str], rng: np.random.Generator) -> list[Fin
     places: dict[str, list[str]] = {}
     for sentence in sentences:
         if sentence:
-            places.setdefault(str(sentence[0]).strip(), []).extend(str(x).replace("loc ", "").strip() for x in sentence[1:])
+            places.setdefault(str(sentence[0]).strip(), []).extend(str(x).replace("loc ", "").strip()
+                                                                   for x in sentence[1:])
     findings = []
     for label in dict.fromkeys(padchest_labels(row["Labels"])):
         if label in PADCHEST_TO_CHEXPERT:
             words = [w for place in places.get(label, []) for w in [place] + place.split()]
-            device = PADCHEST_DEVICE.get(label, "central_line") if PADCHEST_TO_CHEXPERT[label] == "Support Devices" else None
+            is_device = PADCHEST_TO_CHEXPERT[label] == "Support Devices"
+            device = PADCHEST_DEVICE.get(label, "central_line") if is_device else None
             findings.append(finding_from_words(PADCHEST_TO_CHEXPERT[label], words, rng, device))
     return findings
 
@@ -383,13 +411,14 @@ def write_padchest(out: Path, n: int, seed: int) -> tuple[list[ImageJob], dict]:
     rng = streams.rng(seed, "padchest_rows")
     drawable = np.array([1.0 + 2.0 * any(lab in PADCHEST_TO_CHEXPERT for lab in padchest_labels(r[col["Labels"]]))
                          for r in physician])
-    chosen = sorted(rng.choice(len(physician), size=min(n, len(physician)), replace=False, p=drawable / drawable.sum()).tolist(),
-                    key=lambda i: int(physician[i][0]))
+    picked = rng.choice(len(physician), size=min(n, len(physician)), replace=False, p=drawable / drawable.sum())
+    chosen = sorted(picked.tolist(), key=lambda i: int(physician[i][0]))
     sample = [physician[i] for i in chosen]
     root = out / "padchest"
     root.mkdir(parents=True, exist_ok=True)
     (root / PADCHEST_CSV).write_text(csv_text(header, sample), newline="")
-    missing, truncated = (int(i) for i in rng.choice(len(sample), size=2, replace=False)) if len(sample) > 1 else (-1, -1)
+    missing, truncated = ((int(i) for i in rng.choice(len(sample), size=2, replace=False)) if len(sample) > 1
+                          else (-1, -1))
     jobs = []
     for k, r in enumerate(sample):
         row = dict(zip(header, r))
@@ -404,8 +433,12 @@ def write_padchest(out: Path, n: int, seed: int) -> tuple[list[ImageJob], dict]:
             jobs.append(ImageJob(str(root / row["ImageDir"] / row["ImageID"]), view, padchest_findings(row, row_rng),
                                  row["PatientSex_DICOM"] == "F",
                                  streams.stream_key(seed, "padchest_patient", zlib.crc32(row["PatientID"].encode())),
-                                 streams.stream_key(seed, "padchest_image", k), size, bits=12, damage="truncated" if k == truncated else ""))
-    relative = lambda k: f"padchest/{sample[k][col['ImageDir']]}/{sample[k][col['ImageID']]}"
+                                 streams.stream_key(seed, "padchest_image", k), size, bits=12,
+                                 damage="truncated" if k == truncated else ""))
+
+    def relative(k: int) -> str:
+        return f"padchest/{sample[k][col['ImageDir']]}/{sample[k][col['ImageID']]}"
+
     return jobs, {"padchest_missing": [relative(missing)] if missing >= 0 else [],
                   "padchest_truncated": [relative(truncated)] if truncated >= 0 else [],
                   "counts": {"padchest_rows": len(sample), "padchest_images": len(jobs)}}
