@@ -49,7 +49,7 @@ import cxr_data
 import run_lock
 from errors import UserError
 from labels import COMPETITION_LABELS, PAIR_TEMPLATE
-from model import CLIP, MODEL_CONFIGS
+from model import CLIP, MODEL_CONFIGS, named_config, original_config
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +74,25 @@ def default_device() -> torch.device:
 
 
 def load_clip(model_path: str | None = None, pretrained: bool = False, context_length: int = 77) -> CLIP:
-    """Build CheXzero's CLIP and optionally load a checkpoint into it.
+    """Build CheXzero's CLIP and optionally load a checkpoint into it, in **train** mode.
 
-    - ``pretrained=True`` with ``model_path``: the ViT-B/32 architecture is built locally
-      and the checkpoint loaded strictly (no download; the original fetched OpenAI's
-      weights only to overwrite them).
-    - ``pretrained=True`` without ``model_path``: OpenAI's ViT-B/32 initial weights via
-      :func:`clip.load` (``models/`` or ``~/.cache/clip``, else download).
-    - ``pretrained=False``: the 320-px / patch-16 / embed-768 random-init model.
+    A thin wrapper over :func:`clip.load_model`; its rules differ from ``zero_shot.load_clip``'s:
+
+    - architecture (:func:`model.original_config`): ``pretrained=True`` OpenAI's ViT-B/32,
+      ``False`` the 320-px / patch-16 / embed-768 random-init model with ``context_length``.
+      There is no ``pretrained=None`` (read off the checkpoint) here: that is zero_shot's.
+      With ``model_path`` the architecture is built locally and the checkpoint loaded strictly
+      (no download; the original fetched OpenAI's weights only to overwrite them); ``pretrained=True``
+      without ``model_path`` gives OpenAI's ViT-B/32 initial weights via :func:`clip.load`
+      (``models/`` or ``~/.cache/clip``, else download).
+    - device: ``cuda:0`` when there is a GPU, else the CPU (:func:`default_device`), not an argument.
+    - mode: train (``zero_shot.load_clip``: eval).
     """
     device = default_device()
     if pretrained and model_path is None:
         model, _ = clip.load("ViT-B/32", device=device, jit=False)
-        return model
-    config = dict(MODEL_CONFIGS["vit-b-32" if pretrained else "random-init-320"])
-    if not pretrained:
-        config["context_length"] = context_length
-    model = CLIP(**config)
-    if model_path is not None:
-        clip.load_weights(model, clip.load_checkpoint(model_path), source=str(model_path))
-    return model.to(device)
+        return model.train()
+    return clip.load_model(model_path, original_config(pretrained, context_length), device=device, train=True)
 
 
 def preprocess_text(texts: list[str], model: CLIP) -> torch.LongTensor:
@@ -109,11 +108,12 @@ SIZE_OVERRIDES = ("embed_dim", "image_resolution", "vision_layers", "vision_widt
 
 
 def make_model(config: Namespace) -> CLIP:
-    """The model a training run starts from.
+    """The model a training run starts from, on the CPU in train mode.
 
     Without ``--random_init`` (and with the default config) this is OpenAI's ViT-B/32, as
-    the original; ``--random_init`` gives the 320-px model; ``--model_config`` and the size
-    flags pick any other shape (text heads follow width // 64, as ``build_model`` infers).
+    the original (:func:`clip.load`); ``--random_init`` gives the 320-px model; ``--model_config``
+    and the size flags pick any other shape (text heads: width // 64, at least 1). All but the first
+    are new models from :func:`clip.load_model`.
     """
     name = config.model_config or ("random-init-320" if config.random_init else "vit-b-32")
     overrides = {k: getattr(config, k) for k in SIZE_OVERRIDES if getattr(config, k, None) is not None}
@@ -128,9 +128,9 @@ def make_model(config: Namespace) -> CLIP:
         raise TrainInputError(f"--model_config {name} has a ResNet image tower (bottlenecks per stage "
                               f"{MODEL_CONFIGS[name]['vision_layers']}); {', '.join('--' + k for k in vit_only)} "
                               "only apply to ViT configs")
-    shape = dict(MODEL_CONFIGS[name], context_length=config.context_length, **overrides)
+    shape = named_config(name, context_length=config.context_length, **overrides)
     shape["transformer_heads"] = max(1, shape["transformer_width"] // 64)
-    return CLIP(**shape).train()
+    return clip.load_model(config=shape, train=True)
 
 
 # =========================================================================== data
