@@ -6,6 +6,13 @@ released CheXzero checkpoints key for key (302 tensors for ViT-B/32), so they lo
 ``strict=True``. Attention is computed with ``scaled_dot_product_attention`` but stores its
 weights under ``nn.MultiheadAttention``'s names (``in_proj_weight``, ``in_proj_bias``,
 ``out_proj``). The causal mask is built on the fly, never stored.
+
+Also here: the named architectures (:data:`MODEL_CONFIGS`, :func:`named_config`, the original's
+choice :func:`original_config`), reading one off a state dict (:func:`model_config`) and the name
+of the file that saves one beside a checkpoint (:data:`MODEL_CONFIG_FILE`). Loading weights is
+:func:`clip.load_model`'s (``build_model``, the original's, calls it). The original's names and
+keywords all work: ``VisualTransformer`` is :class:`VisionTransformer`, and ``Transformer`` /
+``ResidualAttentionBlock`` take its ``attn_mask`` (their input is batch-first, see there).
 """
 from __future__ import annotations
 
