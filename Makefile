@@ -1,11 +1,12 @@
-# Two commands a new user needs: `make demo` (the phantom pipeline end to end) and `make test`.
+# Two commands a new user needs: `make demo` (the phantom pipeline end to end) and `make test`;
+# `make lint` checks the code style (ruff, configured in pyproject.toml).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
 DEMO_SCALE ?= full
 
-.PHONY: venv test demo clean-venv
+.PHONY: venv test lint demo clean-venv
 
 # (Re)create the virtual environment when requirements.txt changes.
 $(VENV)/.stamp: requirements.txt
@@ -18,6 +19,9 @@ venv: $(VENV)/.stamp
 
 test: venv
 	$(PY) -m pytest -q tests
+
+lint: venv
+	$(PY) -m ruff check .
 
 # The phantom pipeline end to end: data -> preprocessing -> training -> zero-shot AUROC.
 # DEMO_SCALE=smoke runs the same sequence on a tiny set; DEMO_ARGS=--force rebuilds everything.

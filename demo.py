@@ -95,15 +95,18 @@ def main(argv: list[str] | None = None) -> int:
             [A(data / f"chexpert_{split}.h5"), A(data / f"chexpert_{split}_labels.csv")], args.force, timings)
     finished = (ROOT / run_dir / "checkpoint.pt").exists()
     # An interrupted training (a saved state, no final checkpoint) is continued, not thrown away.
-    resume = ["--resume", "latest"] if not args.force and not finished and (ROOT / run_dir / "latest.json").exists() else []
+    resumable = not args.force and not finished and (ROOT / run_dir / "latest.json").exists()
+    resume = ["--resume", "latest"] if resumable else []
     if args.force or not (finished or resume):
         shutil.rmtree(ROOT / run_dir, ignore_errors=True)   # nothing resumable in it: start clean
     run("5. train a tiny CLIP from the reports (checkpoints selected on validation AUROC)",
-        [py, "run_train.py", "--cxr_filepath", str(data / "cxr.h5"), "--txt_filepath", str(data / "mimic_impressions.csv"),
+        [py, "run_train.py", "--cxr_filepath", str(data / "cxr.h5"),
+         "--txt_filepath", str(data / "mimic_impressions.csv"),
          "--random_init", "--model_config", "tiny-rn", "--optimizer", "adam", "--lr", "3e-4",
          "--batch_size", str(s["batch_size"]), "--epochs", str(s["epochs"]), "--seed", str(args.seed),
          "--warmup_steps", "20", "--lr_schedule", "cosine", "--clamp_logit_scale",
-         "--save_dir", str(base / "checkpoints"), "--model_name", name, "--save_interval", "50", "--keep_last", "1", "--log_interval", "10",
+         "--save_dir", str(base / "checkpoints"), "--model_name", name, "--save_interval", "50", "--keep_last", "1",
+         "--log_interval", "10",
          "--num_workers", "1", "--val_cxr_filepath", str(data / "chexpert_valid.h5"),
          "--val_label_path", str(data / "chexpert_valid_labels.csv"), "--val_interval", str(s["val_interval"]),
          "--keep_best", str(s["keep_best"]), "--val_pair_template", *PAIR_TEMPLATE, *resume],
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     run("6. zero-shot evaluation: ensemble of the best checkpoints, thresholds from validation",
         [py, "run_zero_shot.py", "--model_paths", str(run_dir / "best_*.pt"),
          "--cxr_filepath", str(data / "chexpert_test.h5"), "--labels_path", str(data / "chexpert_test_labels.csv"),
-         "--val_cxr_filepath", str(data / "chexpert_valid.h5"), "--val_labels_path", str(data / "chexpert_valid_labels.csv"),
+         "--val_cxr_filepath", str(data / "chexpert_valid.h5"),
+         "--val_labels_path", str(data / "chexpert_valid_labels.csv"),
          "--pair_template", *PAIR_TEMPLATE, "--bootstrap", str(s["bootstrap"]), "--out", str(out)],
         [], True, timings)
     write_summary(out, run_dir, data, phantom, timings, args)
