@@ -37,8 +37,8 @@ import re
 import shutil
 import threading
 from collections import Counter
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
