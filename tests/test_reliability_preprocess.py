@@ -180,6 +180,13 @@ def run_script(tmp_path: Path, body: str, stdin: bool = False) -> subprocess.Pop
                                     start_new_session=True))
 
 
+def start_img_to_hdf5(tmp_path: Path, paths: list[str], out: Path, num_workers: int) -> subprocess.Popen:
+    """An unguarded script calling ``data_process.img_to_hdf5`` (see :func:`run_script`)."""
+    return run_script(tmp_path, f"""import data_process
+data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers={num_workers})
+""")
+
+
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
     """(stdout, stderr) of a run that must end within TIMEOUT; a hung one is killed, with its workers."""
     try:
@@ -284,9 +291,7 @@ def test_a_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
     """As the kernel's out-of-memory killer would: kill -9 the worker busy with image 5."""
     paths, paused = mimic_tree(tmp_path / "data", 9, paused_at=5)
     out = tmp_path / "cxr.h5"
-    proc = run_script(tmp_path, f"""import data_process
-data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
-""")
+    proc = start_img_to_hdf5(tmp_path, paths, out, num_workers=2)
     try:
         paused.wait_for_reader(proc)
         deadline = time.monotonic() + TIMEOUT
@@ -306,9 +311,7 @@ data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
 def test_ctrl_c_stops_a_parallel_run_and_leaves_nothing_behind(tmp_path):
     paths, paused = mimic_tree(tmp_path / "data", 9, paused_at=5)
     out = tmp_path / "cxr.h5"
-    proc = run_script(tmp_path, f"""import data_process
-data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
-""")
+    proc = start_img_to_hdf5(tmp_path, paths, out, num_workers=2)
     try:
         paused.wait_for_reader(proc)          # a worker is stuck reading image 5
         proc.send_signal(signal.SIGINT)       # Ctrl-C, to the parent only
@@ -327,9 +330,7 @@ data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=2)
 def test_kill_9_before_the_first_commit_does_not_block_the_next_call(tmp_path):
     paths, paused = mimic_tree(tmp_path / "data", 6, paused_at=2)
     out = tmp_path / "cxr.h5"
-    proc = run_script(tmp_path, f"""import data_process
-data_process.img_to_hdf5({paths!r}, {str(out)!r}, num_workers=1)
-""")
+    proc = start_img_to_hdf5(tmp_path, paths, out, num_workers=1)
     try:
         paused.wait_for_reader(proc)
         proc.kill()
