@@ -22,11 +22,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -37,6 +35,7 @@ from tqdm import tqdm
 
 import clip
 import cxr_data
+from cxr_data import CXRTestDataset, H5Batches, default_device, make_loader, raw_loader  # noqa: F401 - re-exported
 from errors import UserError
 from eval import LabelValueError  # noqa: F401 - re-exported: zero_shot.LabelValueError
 from eval import bootstrap, check_binary_labels, evaluate, sigmoid
@@ -70,112 +69,9 @@ class ContextLengthError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------- data
-class _LazyH5(data.Dataset):
-    """The ``cxr`` images of an HDF5 file, opened lazily once per process, so that DataLoader
-    workers (forked or spawned) each read through their own handle."""
-
-    def __init__(self, img_path: str | Path) -> None:
-        super().__init__()
-        self.img_path = str(img_path)
-        self.n_images = h5_length(self.img_path)
-        self._file: h5py.File | None = None
-        self._pid: int | None = None
-
-    def _images(self) -> h5py.Dataset:
-        if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.img_path, "r")
-            self._pid = os.getpid()
-        return self._file["cxr"]
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_file"] = None  # open handles do not pickle (spawned workers)
-        return state
-
-
-class CXRTestDataset(_LazyH5):
-    """Images of an HDF5 file (dataset ``cxr``, (N, H, W), uint8 or float32, values 0-255).
-
-    Item i is ``{'img': float32 tensor [3, H, W]}``: the image repeated on 3 channels, then
-    ``transform``.
-    """
-
-    def __init__(self, img_path: str | Path, transform: nn.Module | None = None) -> None:
-        super().__init__(img_path)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return self.n_images
-
-    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        if torch.is_tensor(idx):
-            idx = idx.item()
-        img = torch.from_numpy(np.asarray(self._images()[idx], dtype=np.float32))
-        img = img.unsqueeze(0).repeat(3, 1, 1)
-        if self.transform is not None:
-            img = self.transform(img)
-        return {"img": img}
-
-
-class H5Batches(_LazyH5):
-    """Consecutive batches of raw images, one h5 read each: item b is ``{'img': [B, 1, H, W]}`` in the
-    file's dtype (uint8 or float32, values 0-255), rows b*B to (b+1)*B - 1.
-
-    For :func:`image_features` with ``transform``: the bytes that travel are the stored pixels (uint8
-    is 12x less than a normalised 3-channel float image), and the transform runs batched on the
-    model's device instead of per image in the workers.
-    """
-
-    def __init__(self, img_path: str | Path, batch_size: int = 64) -> None:
-        super().__init__(img_path)
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-self.n_images // self.batch_size)
-
-    def __getitem__(self, batch: int) -> dict[str, torch.Tensor]:
-        if not 0 <= batch < len(self):
-            raise IndexError(batch)
-        start = batch * self.batch_size
-        return {"img": torch.from_numpy(self._images()[start:start + self.batch_size]).unsqueeze(1)}
-
-
-def h5_length(cxr_filepath: str | Path) -> int:
-    """Number of images in an HDF5 file: :func:`cxr_data.h5_rows`, which refuses (one-line
-    :class:`errors.UserError`) a missing file, no ``cxr`` dataset, a wrong shape or dtype, and
-    values off the 0..255 grey scale (e.g. a float file scaled to 0..1)."""
-    return cxr_data.h5_rows(cxr_filepath)
-
-
-def default_device() -> torch.device:
-    """The GPU when there is one, else the CPU (the original always ran zero-shot on the CPU)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _workers(num_workers: int | None, device: torch.device) -> int:
-    """None: 0 on the CPU (the model needs every core; reading is a small share there), else up to 8."""
-    if num_workers is not None:
-        return num_workers
-    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-
-
-def make_loader(cxr_filepath: str | Path, image_resolution: int, batch_size: int = 32,
-                num_workers: int | None = None, device: torch.device | str | None = None) -> data.DataLoader:
-    """Ordered loader of model-ready images (:class:`CXRTestDataset` with the CheXzero transform for
-    ``image_resolution``), for :func:`run_softmax_eval` and :func:`predict`."""
-    device = torch.device(device) if device is not None else default_device()
-    dataset = CXRTestDataset(cxr_filepath, transform=clip.cxr_transform(image_resolution))
-    return data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=_workers(num_workers, device),
-                           pin_memory=device.type == "cuda")
-
-
-def raw_loader(cxr_filepath: str | Path, batch_size: int = 64, num_workers: int | None = None,
-               device: torch.device | str | None = None) -> data.DataLoader:
-    """Ordered loader of raw image batches (:class:`H5Batches`); pass ``transform`` to the scoring
-    functions with it. One loader serves models of any input resolution."""
-    device = torch.device(device) if device is not None else default_device()
-    return data.DataLoader(H5Batches(cxr_filepath, batch_size), batch_size=None, shuffle=False,
-                           num_workers=_workers(num_workers, device), pin_memory=device.type == "cuda")
+# The h5 readers and their loaders live in cxr_data (CXRTestDataset, H5Batches, make_loader, raw_loader,
+# default_device, imported above); the names stay importable from here. h5_length is cxr_data.h5_rows.
+h5_length = cxr_data.h5_rows
 
 
 # --------------------------------------------------------------------------- model
@@ -246,7 +142,8 @@ def image_features(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]
 
     Batches are dicts with key ``'img'``, of any batch size: model-ready images, or with
     ``transform`` raw 0-255 pixels [B, 1 or 3, H, W] (:func:`raw_loader`) that are replicated to
-    3 channels and transformed on the model's device.
+    3 channels and transformed on the model's device (:class:`cxr_data.DeviceTransform`, the one
+    device-side normalise + resize, or any transform of 3-channel 0-255 images).
     """
     device = _device(model)
     features = []
