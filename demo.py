@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
          "--save_dir", str(base / "checkpoints"), "--model_name", name, "--save_interval", "50", "--keep_last", "1",
          "--log_interval", "10",
          "--num_workers", "1", "--val_cxr_filepath", str(data / "chexpert_valid.h5"),
-         "--val_label_path", str(data / "chexpert_valid_labels.csv"), "--val_interval", str(s["val_interval"]),
+         "--val_labels_path", str(data / "chexpert_valid_labels.csv"), "--val_interval", str(s["val_interval"]),
          "--keep_best", str(s["keep_best"]), "--val_pair_template", *PAIR_TEMPLATE, *resume],
         [A(run_dir / "checkpoint.pt")], args.force, timings)
     run("6. zero-shot evaluation: ensemble of the best checkpoints, thresholds from validation",

@@ -25,10 +25,10 @@ import math
 import sys
 from pathlib import Path
 
+import train
 from errors import ArgumentParser, int_at_least, run_cli
 from labels import PAIR_TEMPLATE
 from model import MODEL_CONFIGS
-import train
 
 
 def count(what: str, minimum: int = 1):
@@ -68,33 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     orig = p.add_argument_group("original CheXzero flags")
     orig.add_argument("--cxr_filepath", default="data/cxr.h5", help="h5 of images (dataset 'cxr', uint8 or float32)")
-    orig.add_argument("--txt_filepath", default="data/mimic_impressions.csv", help="CSV with an 'impression' column, row-aligned with the h5")
-    orig.add_argument("--batch_size", type=count("images per step"), default=16, help="images per step (per process under torchrun)")
+    orig.add_argument("--txt_filepath", default="data/mimic_impressions.csv",
+                      help="CSV with an 'impression' column, row-aligned with the h5")
+    orig.add_argument("--batch_size", type=count("images per step"), default=16,
+                      help="images per step (per process under torchrun)")
     orig.add_argument("--epochs", type=count("passes over the data"), default=4)
     orig.add_argument("--lr", type=real("the learning rate", positive=True), default=1e-4)
-    orig.add_argument("--save_interval", type=count("steps between checkpoints"), default=100, help="steps between checkpoint_{step}.pt saves")
-    orig.add_argument("--log_interval", type=count("steps between log lines"), default=10, help="steps between loss log lines")
+    orig.add_argument("--save_interval", type=count("steps between checkpoints"), default=100,
+                      help="steps between checkpoint_{step}.pt saves")
+    orig.add_argument("--log_interval", type=count("steps between log lines"), default=10,
+                      help="steps between loss log lines")
     orig.add_argument("--save_dir", default="checkpoints/")
-    orig.add_argument("--seed", type=seed, default=1234, help="seeds init, data order and RNGs (the original ignored it)")
+    orig.add_argument("--seed", type=seed, default=1234,
+                      help="seeds init, data order and RNGs (the original ignored it)")
     orig.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="sgd (momentum) or adam (AdamW)")
     orig.add_argument("--momentum", type=real("SGD momentum"), default=0.9)
     orig.add_argument("--context_length", type=count("tokens per caption"), default=77)
-    orig.add_argument("--random_init", action="store_true", help="train from scratch (320-px model unless --model_config)")
+    orig.add_argument("--random_init", action="store_true",
+                      help="train from scratch (320-px model unless --model_config)")
     orig.add_argument("--model_name", default="pt-imp", help="run folder under --save_dir")
 
     new = p.add_argument_group("model")
     new.add_argument("--model_config", choices=sorted(MODEL_CONFIGS), default=None,
                      help="architecture (default: vit-b-32 from OpenAI weights, or random-init-320 with --random_init)")
     for name in train.SIZE_OVERRIDES:
-        new.add_argument(f"--{name}", type=count(f"the model's {name}"), default=None, help=f"override the config's {name}")
+        new.add_argument(f"--{name}", type=count(f"the model's {name}"), default=None,
+                         help=f"override the config's {name}")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--weight_decay", type=real("weight decay"), default=None, help="default: 0 for sgd, 0.01 for adam (as the original)")
+    opt.add_argument("--weight_decay", type=real("weight decay"), default=None,
+                     help="default: 0 for sgd, 0.01 for adam (as the original)")
     opt.add_argument("--warmup_steps", type=count("steps of linear LR warmup", minimum=0), default=0)
     opt.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant")
     opt.add_argument("--grad_clip", type=real("the largest gradient norm", positive=True), default=None,
                      help="max gradient norm (off by default)")
-    opt.add_argument("--clamp_logit_scale", action="store_true", help="clamp logit_scale to [0, ln 100] as CLIP intends")
+    opt.add_argument("--clamp_logit_scale", action="store_true",
+                     help="clamp logit_scale to [0, ln 100] as CLIP intends")
     opt.add_argument("--max_steps", type=count("optimizer steps in total; leave it out for no limit"), default=None,
                      help="stop after this many steps in total (default: no limit but --epochs)")
 
@@ -107,10 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num_workers", type=count("data loader processes; 0 reads in the main process", minimum=0),
                      default=4, help="data loader processes (each opens its own h5 handle)")
     run.add_argument("--data_in_memory", action="store_true", help="read the whole h5 into RAM first")
-    run.add_argument("--gather_with_grad", action="store_true", help="under torchrun: exact gradient of the global-batch loss")
-    run.add_argument("--local_loss", action="store_true", help="under torchrun: score local rows against the global batch")
+    run.add_argument("--gather_with_grad", action="store_true",
+                     help="under torchrun: exact gradient of the global-batch loss")
+    run.add_argument("--local_loss", action="store_true",
+                     help="under torchrun: score local rows against the global batch")
     run.add_argument("--accum_freq", type=count("micro-batches per optimizer step"), default=1,
-                     help="micro-batches per step with cached features: effective batch = batch_size x accum_freq x GPUs")
+                     help="micro-batches per step with cached features: effective batch = batch_size x accum_freq "
+                          "x GPUs")
 
     ck = p.add_argument_group("checkpoints and validation")
     ck.add_argument("--resume", default=None,
@@ -125,8 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--keep_last", type=count("periodic checkpoints kept"), default=None,
                     help="keep only the N newest periodic checkpoints (default: all)")
     ck.add_argument("--val_cxr_filepath", default=None, help="validation h5 (e.g. CheXpert valid, frontal)")
-    ck.add_argument("--val_label_path", default=None, help="validation labels CSV, row-aligned, CheXpert column names, 0/1")
-    ck.add_argument("--val_interval", type=count("steps between validations"), default=1000, help="steps between validations")
+    ck.add_argument("--val_labels_path", "--val_label_path", dest="val_labels_path", default=None,
+                    help="validation labels CSV, row-aligned, CheXpert column names, 0/1 (as run_zero_shot.py's "
+                         "--val_labels_path; --val_label_path is the earlier spelling)")
+    ck.add_argument("--val_interval", type=count("steps between validations"), default=1000,
+                    help="steps between validations")
     ck.add_argument("--keep_best", type=count("best checkpoints kept"), default=10,
                     help="keep the k best checkpoints by validation AUROC")
     ck.add_argument("--val_pair_template", nargs=2, default=list(PAIR_TEMPLATE), metavar=("POSITIVE", "NEGATIVE"),
@@ -140,8 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     saved values of the others). A bad flag is one line on stderr and ``SystemExit(2)``."""
     p = build_parser()
     args = p.parse_args(argv)
-    if bool(args.val_cxr_filepath) != bool(args.val_label_path):
-        p.error("--val_cxr_filepath and --val_label_path go together")
+    if bool(args.val_cxr_filepath) != bool(args.val_labels_path):
+        p.error("--val_cxr_filepath and --val_labels_path go together")
     if args.resume_override and not args.resume:
         p.error("--resume_override only applies with --resume")
     # Parsed again into a namespace that already holds every flag: argparse then sets only the given ones.

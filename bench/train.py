@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import clip
 import train
+from cxr_data import H5_KEY
 from model import CLIP, MODEL_CONFIGS
 from simple_tokenizer import SimpleTokenizer
 
@@ -49,14 +50,14 @@ def make_data(folder: Path, n: int, with_float32: bool, seed: int = 0) -> tuple[
     uint8 = folder / "cxr_uint8.h5"
     float32 = folder / "cxr_float32.h5"
     with h5py.File(uint8, "w") as fu:
-        du = fu.create_dataset("cxr", (n, 320, 320), dtype="uint8", chunks=(1, 320, 320))
+        du = fu.create_dataset(H5_KEY, (n, 320, 320), dtype="uint8", chunks=(1, 320, 320))
         for start in range(0, n, 256):
             stop = min(n, start + 256)
             block = (tiles[np.arange(start, stop) % 8].numpy() + rng.normal(0, 8, (stop - start, 320, 320)))
             du[start:stop] = block.clip(0, 255).astype(np.uint8)
     if with_float32:                                    # the original's h5 layout: float32, contiguous
         with h5py.File(uint8, "r") as fu, h5py.File(float32, "w") as ff:
-            ff.create_dataset("cxr", data=fu["cxr"][:].astype(np.float32))
+            ff.create_dataset(H5_KEY, data=fu[H5_KEY][:].astype(np.float32))
     captions = [" ".join(rng.choice(PHRASES, size=3, replace=False)) for _ in range(n)]
     csv = folder / "impressions.csv"
     pd.DataFrame({"filename": [f"s{i}.txt" for i in range(n)], "impression": captions}).to_csv(csv, index=False)
@@ -121,7 +122,7 @@ def our_loop(model: CLIP, uint8_h5: Path, csv: Path, config: Namespace, precisio
     images: str | np.ndarray = str(uint8_h5)
     if config.data_in_memory:
         with h5py.File(uint8_h5, "r") as f:
-            images = f["cxr"][:]
+            images = f[H5_KEY][:]
     loader = train.pair_loader(images, tokens, batches, config.num_workers, device)
     for imgs, txt in loader:
         imgs = train.device_transform(imgs.to(device, non_blocking=True), model.visual.input_resolution)

@@ -1,10 +1,16 @@
-"""Checkpoint loading: released mixed fp16/fp32 layout, wrappers, DDP prefixes, TorchScript,
-and clear errors, all without any download."""
+"""Checkpoints. Loading: released mixed fp16/fp32 layout, wrappers, DDP prefixes, TorchScript, and
+clear errors, all without any download. Writing (:class:`checkpoints.Checkpoints`, the run folder):
+atomic files, the latest pointer, keep-best ranking, rotation, metrics trimmed on resume, and a
+model config that makes every checkpoint load by itself."""
+import json
+
 import pytest
 import torch
 
+import checkpoints
 import clip
 import train
+from checkpoints import Checkpoints, Position
 from model import CLIP, MODEL_CONFIGS, convert_weights
 
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
@@ -82,7 +88,8 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path) -> None:
     sd = CLIP(**SMALL).state_dict()
     sd.pop("ln_final.bias")
     sd["visual.extra.weight"] = torch.zeros(1)
-    with pytest.raises(RuntimeError, match=r"missing keys \(1\): ln_final.bias[\s\S]*unexpected keys \(1\): visual.extra.weight"):
+    with pytest.raises(RuntimeError, match=r"missing keys \(1\): ln_final.bias[\s\S]*"
+                                           r"unexpected keys \(1\): visual.extra.weight"):
         clip.load_weights(CLIP(**SMALL), sd, "bad.pt")
 
 
@@ -135,3 +142,109 @@ def test_preprocess_text_truncates_like_chexzero() -> None:
     tokens = train.preprocess_text(["no acute cardiopulmonary process " * 30, " "], model)
     assert tokens.shape == (2, 77) and tokens[0, -1] == 49407
     assert tokens[1, :2].tolist() == [49406, 49407]
+
+
+# --------------------------------------------------------------------------- the run folder
+def tiny(width: int = 64, heads: int = 1, **changes) -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(**{**SMALL, "vision_layers": 1, "transformer_layers": 1, "transformer_width": width,
+                   "transformer_heads": heads, **changes})
+
+
+def test_save_writes_weights_then_state_then_the_latest_pointer(tmp_path) -> None:
+    saver, model = Checkpoints(tmp_path, best=[(0.8, 4, "best_x_4_0.800.pt")]), tiny()
+    saver.save("checkpoint_6", model, {"step": 6, "epoch": 1})
+    assert json.loads((tmp_path / "latest.json").read_text()) == {"state": "checkpoint_6.state", "step": 6}
+    state = torch.load(tmp_path / "checkpoint_6.state", weights_only=True)
+    assert state == {"step": 6, "epoch": 1, "weights": "checkpoint_6.pt", "best": [[0.8, 4, "best_x_4_0.800.pt"]]}
+    weights = torch.load(tmp_path / "checkpoint_6.pt", weights_only=True)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert not list(tmp_path.glob("*.tmp"))                                  # every write renamed into place
+
+
+def test_a_written_state_reads_back_through_latest(tmp_path) -> None:
+    saver = Checkpoints(tmp_path)
+    saver.save("checkpoint_2", tiny(), {key: 0 for key in checkpoints.STATE_KEYS} | {"step": 2})
+    path = checkpoints.resolve_resume("latest", tmp_path)
+    assert path == tmp_path / "checkpoint_2.state"
+    assert checkpoints.load_training_state(path, tmp_path)["step"] == 2
+
+
+def test_rotation_keeps_the_newest_periodic_checkpoints_and_their_states(tmp_path) -> None:
+    saver, model = Checkpoints(tmp_path, keep_last=2), tiny()
+    for step in (2, 4, 6, 8, 10):
+        saver.save_periodic(step, model, {"step": step})
+    saver.save("checkpoint", model, {"step": 11})                           # the final one is never rotated
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == [
+        "checkpoint.pt", "checkpoint.state", "checkpoint_10.pt", "checkpoint_10.state", "checkpoint_8.pt",
+        "checkpoint_8.state"]
+
+
+def test_keep_best_ranks_by_score_then_earlier_step_and_deletes_the_one_pushed_out(tmp_path) -> None:
+    saver, model = Checkpoints(tmp_path, keep_best=2, best_prefix="best_16_0.0001_run"), tiny()
+    kept = [saver.offer_best(score, step, model) for score, step in ((0.5, 1), (0.7, 2), (0.6, 3), (0.4, 4), (0.7, 5))]
+    assert kept == [True, True, True, False, True]
+    assert saver.best == [(0.7, 2, "best_16_0.0001_run_2_0.700.pt"), (0.7, 5, "best_16_0.0001_run_5_0.700.pt")]
+    assert sorted(p.name for p in tmp_path.glob("best_*")) == [name for _, _, name in saver.best]
+
+
+def test_a_resumed_saver_keeps_ranking_against_the_saved_best(tmp_path) -> None:
+    first = Checkpoints(tmp_path, keep_best=1)
+    first.offer_best(0.6, 10, tiny())
+    first.save("checkpoint_10", tiny(), {"step": 10})
+    saved = torch.load(tmp_path / "checkpoint_10.state", weights_only=True)["best"]
+    resumed = Checkpoints(tmp_path, keep_best=1, best=saved)
+    assert not resumed.offer_best(0.5, 12, tiny()) and resumed.offer_best(0.9, 14, tiny())
+    assert [p.name for p in tmp_path.glob("best_*")] == ["best_14_0.900.pt"]
+
+
+def test_a_fresh_run_is_refused_only_where_an_earlier_run_left_checkpoints(tmp_path) -> None:
+    saver = Checkpoints(tmp_path)
+    saver.write_model_config(tiny())
+    saver.start_metrics()
+    saver.refuse_fresh_run()                                 # a config and metrics alone are no earlier run
+    saver.offer_best(0.5, 3, tiny())
+    with pytest.raises(checkpoints.RunFolderTaken, match=r"holds an earlier run's checkpoints \(best_3_0.500.pt\)"):
+        saver.refuse_fresh_run()
+
+
+@pytest.mark.parametrize("shape", [dict(width=32, heads=2), dict(width=128, heads=4),
+                                   dict(vision_layers=[1, 1, 1, 1], vision_patch_size=None)])
+def test_every_checkpoint_of_a_run_loads_by_itself_with_its_model_config(tmp_path, shape) -> None:
+    """A text tower narrower than 64 (heads unreadable from the weights), heads other than width // 64,
+    a ResNet image tower: ``model_config.json`` beside the checkpoints says what the shapes cannot."""
+    model = tiny(**shape).eval()
+    saver = Checkpoints(tmp_path)
+    saver.write_model_config(model)
+    saver.save("checkpoint_1", model, {"step": 1})
+    loaded = clip.load_model(tmp_path / "checkpoint_1.pt")
+    assert json.loads((tmp_path / "model_config.json").read_text()) == checkpoints.model_kwargs(loaded)
+    tokens = clip.tokenize(["small left effusion"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(tokens), model.encode_text(tokens), rtol=0, atol=0)
+
+
+def test_metrics_rows_after_the_resumed_step_and_torn_rows_are_dropped(tmp_path) -> None:
+    saver = Checkpoints(tmp_path)
+    saver.start_metrics()
+    for step in (1, 2, 3):
+        saver.log_metrics([step, 0, "2.0", "0.1", "4.6", "10", ""])
+    with open(saver.metrics, "a") as f:
+        f.write("4,0,1.9")
+    Checkpoints(tmp_path).start_metrics(resumed_step=2)
+    assert saver.metrics.read_text().splitlines() == [",".join(checkpoints.METRIC_FIELDS), "1,0,2.0,0.1,4.6,10,",
+                                                      "2,0,2.0,0.1,4.6,10,"]
+
+
+def test_the_position_moves_to_the_next_epoch_in_the_runs_order(caplog) -> None:
+    position = Position(step=3, epoch=0, sample_in_epoch=16, order_seed=7)         # a resume that changed --seed
+    position.advance(epoch=0, consumed=20, samples_per_epoch=24, seed=1)
+    assert position == Position(4, 0, 20, 7)
+    position.advance(epoch=0, consumed=24, samples_per_epoch=24, seed=1)
+    assert position == Position(5, 1, 0, 1)
+    saved = {"step": 5, "epoch": 1, "sample_in_epoch": 8, "order_seed": 1, "samples_per_epoch": 24}
+    assert Position.resumed(saved, 24, seed=1) == Position(5, 1, 8, 1)
+    with caplog.at_level("WARNING", logger="checkpoints"):
+        assert Position.resumed(saved, 30, seed=2, source="new.h5") == Position(5, 1, 0, 2)
+    assert "new.h5 holds 30 images, the saved run had 24" in caplog.text
+    assert Position.resumed(None, 24, seed=3) == Position(0, 0, 0, 3)

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-import clip
 import run_train
 import train
 from test_train import MICRO, pairs  # noqa: F401  (fixture)
@@ -24,8 +23,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def argv(pairs, save_dir, batch: int, *extra: str) -> list[str]:
-    return ["--cxr_filepath", str(pairs[0]), "--txt_filepath", str(pairs[1]), "--save_dir", str(save_dir),
+def argv(files, save_dir, batch: int, *extra: str) -> list[str]:
+    return ["--cxr_filepath", str(files[0]), "--txt_filepath", str(files[1]), "--save_dir", str(save_dir),
             "--batch_size", str(batch), "--lr", "0.05", "--optimizer", "sgd", "--max_steps", "3",
             "--log_interval", "1", *MICRO, *extra]
 

@@ -22,6 +22,7 @@ import errors
 import run_lock
 import run_train
 import train
+from cxr_data import H5_KEY
 from test_train import CAPTIONS, MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     for i in range(N):
         images[i, 4 + 6 * (i % 4): 10 + 6 * (i % 4), 8:24] = 230
     with h5py.File(root / "cxr.h5", "w") as f:
-        f.create_dataset("cxr", data=images)
+        f.create_dataset(H5_KEY, data=images)
     pd.DataFrame({"impression": [CAPTIONS[i % 4] for i in range(N)]}).to_csv(root / "impressions.csv", index=False)
     return root / "cxr.h5", root / "impressions.csv"
 
@@ -261,7 +262,7 @@ def test_resume_override_lr_really_changes_the_lr(data, tmp_path) -> None:
 def test_resume_override_optimizer_starts_a_fresh_adam_state(data, tmp_path, caplog) -> None:
     """Before: ``--resume latest --optimizer adam`` died with KeyError: 'step'."""
     train_run(argv(data, tmp_path, "--max_steps", "2", "--optimizer", "sgd"))
-    with caplog.at_level("INFO", logger="train"):
+    with caplog.at_level("INFO", logger="checkpoints"):
         train_run(argv(data, tmp_path, "--max_steps", "3", "--optimizer", "adam", "--resume", "latest",
                        "--resume_override", "optimizer"))
     assert "starts from a fresh state" in caplog.text
@@ -285,7 +286,8 @@ def test_resume_from_a_truncated_state_names_it_and_offers_the_previous_intact_o
     (line,) = error_lines(stderr)
     assert f"{bad} " in line and "truncated" in line
     assert (f"The newest intact earlier state is {run_dir / 'checkpoint_3.state'}: continue with --resume "
-            f"{run_dir / 'checkpoint_3.state'} (other intact ones, newest first: {run_dir / 'checkpoint_2.state'})") in line
+            f"{run_dir / 'checkpoint_3.state'} (other intact ones, newest first: "
+            f"{run_dir / 'checkpoint_2.state'})") in line
     # the offered state works
     train_run(argv(data, tmp_path, "--max_steps", "4", "--resume", str(run_dir / "checkpoint_3.state"), *common))
     assert json.loads((run_dir / "latest.json").read_text())["step"] == 4
@@ -323,7 +325,8 @@ def test_a_second_training_into_a_live_runs_folder_is_refused(data, tmp_path, mo
 
     monkeypatch.setattr(train, "train_step", step_and_try_a_second_run)
     train_run(argv(data, tmp_path, "--max_steps", "2"))
-    assert len(refusals) == 1 and f"{run_dir} is being written by a live process (pid {os.getpid()}: training" in refusals[0]
+    assert len(refusals) == 1
+    assert f"{run_dir} is being written by a live process (pid {os.getpid()}: training" in refusals[0]
     with run_lock.hold(run_dir, "check"):       # released when the run ends
         pass
 
@@ -344,7 +347,7 @@ def test_captions_mostly_empty_are_refused_before_the_model_is_built(data, tmp_p
 def test_some_empty_captions_are_counted_in_a_warning(tmp_path, caplog) -> None:
     csv = tmp_path / "some.csv"
     pd.DataFrame({"filename": list("abcd"), "impression": ["effusion", np.nan, " ", "edema"]}).to_csv(csv, index=False)
-    with caplog.at_level("WARNING", logger="train"):
+    with caplog.at_level("WARNING", logger="cxr_data"):
         assert train.check_captions(csv) == 4
     assert "2 of 4 'impression' captions are empty" in caplog.text
 
@@ -352,7 +355,7 @@ def test_some_empty_captions_are_counted_in_a_warning(tmp_path, caplog) -> None:
 def test_float_h5_scaled_to_one_is_refused(tmp_path) -> None:
     path = tmp_path / "scaled.h5"
     with h5py.File(path, "w") as f:
-        f.create_dataset("cxr", data=np.random.default_rng(0).random((4, 32, 32), dtype=np.float32))
+        f.create_dataset(H5_KEY, data=np.random.default_rng(0).random((4, 32, 32), dtype=np.float32))
     with pytest.raises(errors.UserError, match="scaled to 0..1"):
         train.h5_rows(path)
 
@@ -380,7 +383,7 @@ def test_bad_validation_labels_are_refused_before_training(data, tmp_path, monke
     if problem != "missing":
         labels.to_csv(path, index=False)
     with pytest.raises(errors.UserError, match=re.escape(says)):
-        train_run(argv(data, tmp_path, "--val_cxr_filepath", str(data[0]), "--val_label_path", str(path)))
+        train_run(argv(data, tmp_path, "--val_cxr_filepath", str(data[0]), "--val_labels_path", str(path)))
 
 
 def test_epoch_batches_from_the_start_equal_distributed_sampler() -> None:

@@ -1,7 +1,6 @@
 """Training: the faithful loss, seeded and resumable runs, data checks, device-side transform."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 import clip
 import run_train
 import train
+from cxr_data import H5_KEY
 from model import CLIP, build_model
 from test_preprocess_cli import mimic_args
 
@@ -42,7 +42,7 @@ def pairs(tmp_path_factory) -> tuple[Path, Path]:
         images[i, 40 + 60 * k: 120 + 60 * k, 100:220] = 230
         captions.append(CAPTIONS[k])
     with h5py.File(root / "cxr.h5", "w") as f:
-        f.create_dataset("cxr", data=images, chunks=(1, 320, 320))
+        f.create_dataset(H5_KEY, data=images, chunks=(1, 320, 320))
     pd.DataFrame({"filename": [f"s{i}.txt" for i in range(64)], "impression": captions}).to_csv(
         root / "impressions.csv", index=False)
     return root / "cxr.h5", root / "impressions.csv"
@@ -148,14 +148,14 @@ def test_validation_auroc_is_zero_shot_auroc_with_the_chosen_prompts(pairs, tmp_
 
     labels = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
     with h5py.File(pairs[0]) as f:
-        val_images = f["cxr"][:24]
+        val_images = f[H5_KEY][:24]
     y = np.random.default_rng(1).integers(0, 2, (24, len(labels)))
     y[:2] = [[0] * 5, [1] * 5]                                          # both classes in every column
     val_h5, val_csv = tmp_path / "val.h5", tmp_path / "val.csv"
     with h5py.File(val_h5, "w") as f:
-        f.create_dataset("cxr", data=val_images)
+        f.create_dataset(H5_KEY, data=val_images)
     pd.DataFrame(y, columns=labels).to_csv(val_csv, index=False)
-    run(args(pairs, tmp_path, "--max_steps", "2", "--val_cxr_filepath", str(val_h5), "--val_label_path",
+    run(args(pairs, tmp_path, "--max_steps", "2", "--val_cxr_filepath", str(val_h5), "--val_labels_path",
              str(val_csv), "--val_interval", "2", "--val_pair_template", *template))
     logged = pd.read_csv(tmp_path / "pt-imp" / "metrics.csv").dropna(subset=["val_auroc"])
     assert logged.step.tolist() == [2]
@@ -205,7 +205,7 @@ def test_batch_reader_with_workers_matches_h5(pairs) -> None:
     loader = torch.utils.data.DataLoader(train.PairBatches(str(pairs[0]), tokens, batches), batch_size=None,
                                          num_workers=2)
     with h5py.File(pairs[0]) as f:
-        reference = f["cxr"][:]
+        reference = f[H5_KEY][:]
     seen = []
     for (images, toks), idx in zip(loader, batches):
         np.testing.assert_array_equal(images.numpy(), reference[idx])
@@ -234,7 +234,8 @@ def test_device_transform_equals_per_sample_cpu_transform(dtype) -> None:
 def test_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(pairs, tmp_path) -> None:
     run(args(pairs, tmp_path, "--max_steps", "2"))
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pt-imp").iterdir()}
-    with pytest.raises(FileExistsError, match=r"pt-imp already holds an earlier run's checkpoints \(checkpoint.pt.*--resume latest"):
+    with pytest.raises(FileExistsError,
+                       match=r"pt-imp already holds an earlier run's checkpoints \(checkpoint.pt.*--resume latest"):
         run(args(pairs, tmp_path, "--max_steps", "2"))
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pt-imp").iterdir()} == before   # nothing touched
 
@@ -256,3 +257,4 @@ def test_tiny_clip_learns_the_phantom_pairs(tmp_path) -> None:
          "--num_workers", "0", "--log_interval", "1"])
     loss = pd.read_csv(tmp_path / "pt-imp" / "metrics.csv").groupby("epoch")["loss"].mean()
     assert len(loss) == 10 and loss.iloc[-1] < 0.6 * math.log(16), loss.round(3).tolist()
+
