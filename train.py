@@ -5,8 +5,8 @@ model, optimizer and schedule (or restores them on ``--resume``), then steps thr
 logging, validating and saving as it goes. Each part lives in one place: data and sample order in
 :mod:`cxr_data`, the loss in :mod:`loss`, device / precision / processes / optimizer in :mod:`runtime`,
 the run folder's files in :mod:`checkpoints`, a resume's flags in :mod:`resume`, validation in
-:mod:`validation`. Here: the model a run starts from (:func:`load_clip`, :func:`make_model`) and the
-loop; the names users import from ``train`` stay.
+:mod:`validation`. Here: the model a run starts from (:func:`load_clip`, :func:`make_model`), the loop,
+and the original's :func:`make` and :func:`train_main`; the names users import from ``train`` stay.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from cxr_data import (
     epoch_batches,  # noqa: F401
     epoch_order,  # noqa: F401
     h5_rows,
-    load_data,  # noqa: F401
+    load_data,
     pair_loader,
     plan_steps,
     read_captions,  # noqa: F401
@@ -346,3 +346,54 @@ def train_step(net: nn.Module, model: CLIP, micro: list[tuple[torch.Tensor, torc
             model.logit_scale.clamp_(0, math.log(100))
     return batch_loss
 
+
+# =========================================================================== the original's API
+def make(config, cxr_filepath: str, txt_filepath: str, model_path: str | None = None
+         ) -> tuple[CLIP, DataLoader, torch.device, nn.Module, torch.optim.Optimizer]:
+    """The original's ``make``: ``(model, data_loader, device, criterion, optimizer)``, as the original:
+    :func:`load_data` (``config.batch_size``), :func:`load_clip` (``model_path``, ``pretrained``,
+    ``config.context_length``) on ``device``, ``nn.CrossEntropyLoss()`` and AdamW with ``config.lr``.
+
+    ``config``: a Namespace or a dict. The original read ``config.pretrained`` and ``config.column``,
+    which run_train.py's flags lack; they default here to ``not config.random_init`` and
+    ``"impression"`` (the column preprocessing writes), ``context_length`` to 77.
+    """
+    config = Namespace(**config) if isinstance(config, dict) else config
+    pretrained = getattr(config, "pretrained", not getattr(config, "random_init", False))
+    loader, device = load_data(cxr_filepath, txt_filepath, batch_size=config.batch_size, pretrained=pretrained,
+                               column=getattr(config, "column", "impression"))
+    model = load_clip(model_path=model_path, pretrained=pretrained,
+                      context_length=getattr(config, "context_length", 77)).to(device)
+    return model, loader, device, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=config.lr)
+
+
+def train_main(cxr_filepath: str, txt_filepath: str, hyperparams: dict, output_path: str,
+               model_path: str | None = None, pretrained: bool = False) -> CLIP:
+    """The original's ``train_main``: train :func:`load_clip`'s model (``model_path``, ``pretrained``) with
+    SGD on :func:`load_data`'s batches and the original's loss, ``(criterion(logits_per_image, arange) +
+    criterion(logits_per_text, arange)) / 2``; save its weights to ``output_path`` (a folder:
+    ``checkpoint.pt`` in it) and return it. ``hyperparams``: ``batch_size``, ``learning_rate``,
+    ``momentum``, ``epochs``, ``criterion`` (default ``nn.CrossEntropyLoss()``).
+
+    The original could not run: it called an undefined ``train_clip``, and its loader read a
+    ``report`` column that preprocessing does not write (here: ``impression``). For seeded,
+    resumable, validated runs use :func:`train` (run_train.py).
+    """
+    config = Namespace(batch_size=hyperparams["batch_size"], lr=hyperparams["learning_rate"], pretrained=pretrained)
+    model, loader, device, criterion, _ = make(config, cxr_filepath, txt_filepath, model_path)
+    criterion = hyperparams.get("criterion") or criterion
+    optimizer = torch.optim.SGD(model.parameters(), lr=hyperparams["learning_rate"], momentum=hyperparams["momentum"])
+    for epoch in range(hyperparams["epochs"]):
+        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
+            images, texts = batch["img"].to(device), preprocess_text(batch["txt"], model).to(device)
+            logits_per_image, logits_per_text = model(images, texts)
+            labels = torch.arange(len(images), device=device)
+            loss = (criterion(logits_per_image, labels) + criterion(logits_per_text, labels)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    out = Path(output_path)
+    out = out / "checkpoint.pt" if out.is_dir() or str(output_path).endswith(os.sep) else out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints.atomic_save(model.state_dict(), out)
+    return model

@@ -1,6 +1,7 @@
 """Training: the faithful loss, seeded and resumable runs, data checks, device-side transform."""
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -258,3 +259,32 @@ def test_tiny_clip_learns_the_phantom_pairs(tmp_path) -> None:
     loss = pd.read_csv(tmp_path / "pt-imp" / "metrics.csv").groupby("epoch")["loss"].mean()
     assert len(loss) == 10 and loss.iloc[-1] < 0.6 * math.log(16), loss.round(3).tolist()
 
+
+def test_the_originals_make_and_train_main_run_with_their_keywords(pairs, tmp_path, monkeypatch) -> None:
+    """``train.make(config, cxr_filepath, txt_filepath, model_path)`` gives the original's five objects;
+    ``train.train_main(cxr_filepath, txt_filepath, hyperparams, output_path, model_path, pretrained)``,
+    which could not run in the original, trains, saves the weights and returns the model. A small
+    320-px model stands in for load_clip's (the original's random-init model is 150M parameters)."""
+    from argparse import Namespace
+
+    def small_clip(model_path=None, pretrained=False, context_length=77):
+        torch.manual_seed(0)
+        return CLIP(embed_dim=32, image_resolution=320, vision_layers=1, vision_width=64, vision_patch_size=32,
+                    context_length=context_length, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                    transformer_layers=1).train()
+
+    monkeypatch.setattr(train, "load_clip", small_clip)
+    model, loader, device, criterion, optimizer = train.make(
+        config=Namespace(batch_size=8, lr=1e-3, random_init=True, context_length=77), cxr_filepath=str(pairs[0]),
+        txt_filepath=str(pairs[1]), model_path=None)
+    assert loader.batch_size == 8 and device == train.default_device() and model.training
+    assert isinstance(criterion, torch.nn.CrossEntropyLoss) and isinstance(optimizer, torch.optim.AdamW)
+    assert next(iter(loader))["img"].shape == (8, 3, 320, 320)                 # not pretrained: 320 px
+    before = small_clip().state_dict()
+    trained = train.train_main(cxr_filepath=str(pairs[0]), txt_filepath=str(pairs[1]),
+                               hyperparams={"batch_size": 16, "criterion": torch.nn.CrossEntropyLoss(),
+                                            "learning_rate": 0.05, "momentum": 0.9, "epochs": 1},
+                               output_path=str(tmp_path / "out") + os.sep, model_path=None, pretrained=False)
+    saved = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in trained.state_dict().items())
+    assert not torch.equal(saved["visual.proj"], before["visual.proj"])        # it trained
