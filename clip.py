@@ -275,9 +275,10 @@ def load_model(checkpoint: str | Path | Mapping[str, torch.Tensor] | None = None
     - ``model.build_model(state_dict)``: read off the state dict; CPU; eval.
     - ``zero_shot.load_clip(model_path, pretrained, context_length, *, device)``: the original's
       architecture for ``pretrained`` True/False (:func:`model.original_config`), read off the file
-      for None; ``device`` or the GPU if any (``cuda``) else the CPU; eval.
+      for None; ``device``, by default :func:`cxr_data.default_device` (the current CUDA device,
+      else the CPU); eval.
     - ``train.load_clip(model_path, pretrained, context_length)``: the original's architecture for
-      ``pretrained`` (no None); ``cuda:0`` if any else the CPU; train.
+      ``pretrained`` (no None); :func:`cxr_data.default_device`, not an argument; train.
     - ``train.make_model(config)``: a named config with the run's sizes, no weights (or OpenAI's
       ViT-B/32 weights by default); CPU; train.
     """

@@ -73,7 +73,7 @@ def load_clip(model_path: str | None = None, pretrained: bool = False, context_l
       (no download; the original fetched OpenAI's weights only to overwrite them); ``pretrained=True``
       without ``model_path`` gives OpenAI's ViT-B/32 initial weights via :func:`clip.load`
       (``models/`` or ``~/.cache/clip``, else download).
-    - device: ``cuda:0`` when there is a GPU, else the CPU (:func:`default_device`), not an argument.
+    - device: :func:`cxr_data.default_device` (current CUDA device, else CPU), as ``zero_shot.load_clip``.
     - mode: train (``zero_shot.load_clip``: eval).
     """
     device = default_device()

@@ -37,8 +37,7 @@ import clip
 import cxr_data
 from cxr_data import CXRTestDataset, H5Batches, default_device, make_loader, raw_loader  # noqa: F401 - re-exported
 from errors import UserError
-from eval import LabelValueError  # noqa: F401 - re-exported: zero_shot.LabelValueError
-from eval import bootstrap, check_binary_labels, evaluate, sigmoid
+from eval import LabelValueError, bootstrap, check_binary_labels, evaluate, sigmoid  # noqa: F401 - LabelValueError re-exported
 from labels import ABNORMAL_PROMPTS, NEGATION_PREFIXES, NORMAL_LABELS, NORMAL_PROMPTS, PAIR_TEMPLATE
 from labels import CHEXPERT_EVAL_ORDER as CHEXPERT_LABELS  # the original's evaluation order (alphabetical)
 from model import CLIP, original_config
@@ -85,8 +84,8 @@ def load_clip(model_path: str | Path, pretrained: bool | None = False, context_l
       download), ``False`` the original's random-init 320-px model with ``context_length``
       (:func:`model.original_config`). ``None``, accepted only here, reads it off the checkpoint:
       ``model_config.json`` beside it (what training writes), else the weights' shapes.
-    - device: ``device``, by default the GPU if there is one (``cuda``), else the CPU (the
-      original always used the CPU); ``train.load_clip`` uses ``cuda:0``.
+    - device: ``device``, by default :func:`cxr_data.default_device` (the current CUDA device, else
+      the CPU; the original always scored on the CPU), the same rule as ``train.load_clip``.
     - mode: eval (``train.load_clip``: train).
 
     A checkpoint of another architecture fails with :func:`clip.load_weights`' report of missing,
@@ -419,7 +418,7 @@ def ensemble_models(model_paths: Iterable[str | Path], cxr_filepath: str | Path,
                 continue
         model = load_clip(path, pretrained, context_length, device=device)
         _check_context_length(model, context_length, path)  # before the images cost time
-        transform = clip.cxr_transform(model.visual.input_resolution)
+        transform = cxr_data.DeviceTransform(model.visual.input_resolution)
         features = image_features(model, loader, progress=True, transform=transform)
         y_pred = _pair_probabilities(model, features, *prompts, context_length=context_length)
         log.info("%s: predicted %d images x %d labels", Path(path).name, *y_pred.shape)
