@@ -17,6 +17,10 @@ for the datasets, so it spells their formats independently, and a test checks th
 """
 from __future__ import annotations
 
+import ast
+import math
+import re
+
 #: The 14 CheXpert observations in CheXpert's CSV column order.
 CHEXPERT_CSV_ORDER = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -51,3 +55,37 @@ NEGATION_PREFIXES = ("no ", "without ", "absence of ")
 
 #: PadChest's label CSV, as the release names it (the preprocessing also accepts it gzipped).
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+
+
+# PadChest's Labels column: a stringified Python list per image, read without eval.
+_QUOTED = re.compile(r"'([^'\\]*)'")
+_SIMPLE_STR_LIST = re.compile(r"\[\s*(?:'[^'\\]*'\s*(?:,\s*'[^'\\]*'\s*)*)?\]")
+
+
+def parse_padchest_labels(value: object) -> list[str]:
+    """PadChest ``Labels`` cell -> clean label list.
+
+    The cell is a stringified Python list (``['pleural effusion', ' cardiomegaly ']``), ``[]``
+    or NaN. Labels are stripped, inner whitespace collapsed, lower-cased ('COPD signs' ->
+    'copd signs'), empty entries and duplicates dropped. Anything else raises ValueError.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    text = str(value).strip()
+    if not text:
+        return []
+    if _SIMPLE_STR_LIST.fullmatch(text):  # the common case, 20x faster than literal_eval
+        items = _QUOTED.findall(text)
+    else:
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"PadChest Labels cell is not a list: {text[:120]!r}") from None
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+        raise ValueError(f"PadChest Labels cell is not a list of strings: {text[:120]!r}")
+    labels: list[str] = []
+    for s in items:
+        s = " ".join(s.split()).lower()
+        if s and s not in labels:
+            labels.append(s)
+    return labels
