@@ -36,11 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import clip
+from data_process import H5_KEY  # the one definition: the preprocessing writes the format
 from errors import UserError
 
 log = logging.getLogger(__name__)
 
-H5_KEY = "cxr"
 #: rows read to check the value range (spread evenly over the file; cheap for any size)
 RANGE_SAMPLE_ROWS = 16
 

@@ -126,16 +126,13 @@ def main(argv: list[str] | None = None) -> int:
 def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: dict[str, float],
                   args: argparse.Namespace) -> None:
     """results/<name>/README.md: what ran, how long each stage took, sizes, and the caveat."""
-    import h5py
     import pandas as pd
 
+    from cxr_data import h5_rows
+
     shutil.copy(ROOT / run_dir / "loss.png", ROOT / out / "loss.png")
-    with h5py.File(ROOT / data / "cxr.h5") as f:
-        n_train = f["cxr"].shape[0]
-    with h5py.File(ROOT / data / "chexpert_test.h5") as f:
-        n_test = f["cxr"].shape[0]
-    with h5py.File(ROOT / data / "chexpert_valid.h5") as f:
-        n_valid = f["cxr"].shape[0]
+    n_train, n_test, n_valid = (h5_rows(ROOT / data / name, check_range=False)
+                                for name in ("cxr.h5", "chexpert_test.h5", "chexpert_valid.h5"))
     best = sorted(p.name for p in (ROOT / run_dir).glob("best_*.pt"))
     metrics = pd.read_csv(ROOT / run_dir / "metrics.csv")
     lines = [

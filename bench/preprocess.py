@@ -85,7 +85,7 @@ def main() -> None:
                   f"{(args.n - half) / (seconds - seconds_half):.1f} | {size / args.n:,.0f} |", flush=True)
 
         with h5py.File(outputs[(False, "uint8")], "r") as a, h5py.File(outputs[(True, "uint8")], "r") as b:
-            exact, fast = a["cxr"][:].astype(np.int16), b["cxr"][:].astype(np.int16)
+            exact, fast = a[dp.H5_KEY][:].astype(np.int16), b[dp.H5_KEY][:].astype(np.int16)
         diff = np.abs(exact - fast)
         content = exact > 0     # the resized image, not the zero padding (identical in both)
         print(f"fast_decode vs exact: max |diff| {diff.max()}, mean {diff.mean():.3f} over all pixels, "

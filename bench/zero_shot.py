@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import clip
+import cxr_data
 import zero_shot as zs
 from labels import CHEXPERT_EVAL_ORDER, PAIR_TEMPLATE
 from model import CLIP, MODEL_CONFIGS
@@ -80,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         h5_path = Path(tmp) / "bench.h5"
         with h5py.File(h5_path, "w") as f:
-            f["cxr"] = np.random.default_rng(0).integers(0, 256, (args.n_images, 320, 320), dtype=np.uint8)
+            f[cxr_data.H5_KEY] = np.random.default_rng(0).integers(0, 256, (args.n_images, 320, 320), dtype=np.uint8)
         transform = clip.cxr_transform(224)
         with torch.no_grad():  # warm-up, so neither path pays for first-call allocations
             model.encode_image(F.interpolate(torch.zeros(2, 3, 320, 320, device=device), size=224))
