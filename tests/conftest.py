@@ -16,8 +16,12 @@ from typing import Callable
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+
+from cxr_data import H5_KEY
+from model import CLIP
 
 torch.set_num_threads(2)
 
@@ -49,9 +53,9 @@ def kill_9_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 60, 
 
 
 def read_h5(path: Path | str) -> np.ndarray:
-    """All images of a preprocessed h5 (dataset ``cxr``)."""
+    """All images of a preprocessed h5 (dataset :data:`cxr_data.H5_KEY`)."""
     with h5py.File(path, "r") as f:
-        return f["cxr"][:]
+        return f[H5_KEY][:]
 
 
 def mimic_args(root: Path, out: Path, *extra: str) -> list[str]:
@@ -72,3 +76,69 @@ def phantom_root(tmp_path_factory) -> tuple[Path, dict]:
     manifest = phantom.generate(root, studies=40, seed=0, test_studies=40, valid_studies=15, padchest_images=12,
                                 workers=2)
     return root, manifest
+
+
+# --------------------------------------------------------------------------- small models and files
+#: A small CLIP (2 layers, width 64, 32 px) whose forward pass takes milliseconds on a CPU.
+SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+             transformer_layers=2)
+#: Images in :func:`write_h5`'s and :func:`write_labels`' files by default.
+N = 12
+
+
+def small_clip(seed: int = 0) -> CLIP:
+    """A :data:`SMALL` CLIP with the seed's initial weights, in eval mode."""
+    torch.manual_seed(seed)
+    return CLIP(**SMALL).eval()
+
+
+def save_clip(path, seed: int) -> str:
+    """Save :func:`small_clip`'s weights to ``path`` (a plain state dict, as the released files)."""
+    torch.save(small_clip(seed).state_dict(), path)
+    return str(path)
+
+
+def write_h5(path, n: int = N, dtype=np.uint8, seed: int = 0) -> str:
+    """A preprocessed-style h5 of ``n`` random 320 x 320 grey-level images."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, 320, 320)).astype(dtype)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(H5_KEY, data=pixels)
+    return str(path)
+
+
+def write_labels(path, labels, n: int = N, seed: int = 0, key: str = "Study") -> str:
+    """A label CSV with a key column and 0/1 labels; rows 0 and 1 make both classes present."""
+    y = np.random.default_rng(seed).integers(0, 2, (n, len(labels)))
+    y[0], y[1] = 1, 0
+    table = pd.DataFrame(y, columns=labels)
+    table.insert(0, key, [f"CheXpert-v1.0/test/patient{64741 + i}/study1" for i in range(n)])
+    table.to_csv(path, index=False)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- training runs
+# A very small CLIP so a step takes milliseconds on a CPU.
+MICRO = ["--random_init", "--model_config", "tiny", "--image_resolution", "32", "--vision_patch_size", "8",
+         "--vision_width", "64", "--vision_layers", "1", "--transformer_width", "64", "--transformer_layers", "1",
+         "--embed_dim", "32", "--num_workers", "0", "--device", "cpu"]
+CAPTIONS = ["no acute cardiopulmonary process", "large left pleural effusion", "moderate cardiomegaly",
+            "right lower lobe consolidation"]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """64 uint8 images whose bright square's position depends on the caption."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (64, 320, 320), dtype=np.uint8)
+    captions = []
+    for i in range(64):
+        k = i % 4
+        images[i, 40 + 60 * k: 120 + 60 * k, 100:220] = 230
+        captions.append(CAPTIONS[k])
+    with h5py.File(root / "cxr.h5", "w") as f:
+        f.create_dataset(H5_KEY, data=images, chunks=(1, 320, 320))
+    pd.DataFrame({"filename": [f"s{i}.txt" for i in range(64)], "impression": captions}).to_csv(
+        root / "impressions.csv", index=False)
+    return root / "cxr.h5", root / "impressions.csv"

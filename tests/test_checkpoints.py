@@ -11,11 +11,8 @@ import checkpoints
 import clip
 import train
 from checkpoints import Checkpoints, Position
+from conftest import SMALL
 from model import CLIP, MODEL_CONFIGS, convert_weights
-
-SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
-             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-             transformer_layers=2)
 
 
 def features(model: CLIP, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:

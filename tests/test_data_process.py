@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import data_process as dp
+from cxr_data import H5_KEY
 
 # ------------------------------------------------------------------------------------------
 # Images
@@ -179,7 +180,7 @@ def test_img_to_hdf5_drops_failures_and_keeps_order(tmp_path, image_set, workers
     failures = dp.img_to_hdf5(image_set, out, num_workers=workers, chunk_images=2)
     assert failures == [dp.Failure(2, image_set[2], "zero-byte file")]
     with h5py.File(out, "r") as f:
-        d = f["cxr"]
+        d = f[H5_KEY]
         assert d.shape == (4, 320, 320) and d.dtype == np.uint8 and d.chunks == (1, 320, 320)
         for row, src in enumerate([0, 1, 3, 4]):
             np.testing.assert_array_equal(d[row], original_chexzero(image_set[src]))
@@ -191,10 +192,10 @@ def test_keep_failed_gives_original_row_parity_and_float32_same_values(tmp_path,
     dp.img_to_hdf5(image_set, u8, num_workers=1, keep_failed=True)
     dp.img_to_hdf5(image_set, f32, num_workers=1, keep_failed=True, dtype="float32")
     with h5py.File(u8, "r") as a, h5py.File(f32, "r") as b:
-        assert a["cxr"].shape == b["cxr"].shape == (5, 320, 320)
-        assert b["cxr"].dtype == np.float32
-        assert (a["cxr"][2] == 0).all()
-        np.testing.assert_array_equal(a["cxr"][:].astype(np.float32), b["cxr"][:])
+        assert a[H5_KEY].shape == b[H5_KEY].shape == (5, 320, 320)
+        assert b[H5_KEY].dtype == np.float32
+        assert (a[H5_KEY][2] == 0).all()
+        np.testing.assert_array_equal(a[H5_KEY][:].astype(np.float32), b[H5_KEY][:])
     assert os.path.getsize(f32) > 3.9 * os.path.getsize(u8)
 
 
@@ -211,7 +212,7 @@ def test_partial_run_needs_resume_and_same_inputs(tmp_path, image_set):
     assert [f.index for f in failures] == [2]
     dp.finalize_h5(out)
     with h5py.File(out, "r") as f:
-        assert f["cxr"].shape[0] == 4
+        assert f[H5_KEY].shape[0] == 4
 
 
 def test_fast_decode_partial_of_another_oversampling_is_not_continued(tmp_path, image_set, monkeypatch):

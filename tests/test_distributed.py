@@ -12,9 +12,7 @@ import torch
 
 import run_train
 import train
-from test_train import MICRO, pairs  # noqa: F401  (fixture)
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import MICRO, ROOT
 
 
 def free_port() -> int:
@@ -46,14 +44,14 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def single_process(pairs, tmp_path_factory) -> Path:  # noqa: F811
+def single_process(pairs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single")
     train.train(run_train.parse_args(argv(pairs, out, 8)))
     return out
 
 
 @pytest.mark.parametrize("local_loss", [False, True])
-def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(pairs, single_process, tmp_path, local_loss) -> None:  # noqa: F811
+def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(pairs, single_process, tmp_path, local_loss) -> None:
     extra = ["--gather_with_grad"] + (["--local_loss"] if local_loss else [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
@@ -64,12 +62,12 @@ def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(pairs, single_pro
     assert_same_run(single_process, tmp_path)
 
 
-def test_accumulated_micro_batches_equal_one_large_batch(pairs, single_process, tmp_path) -> None:  # noqa: F811
+def test_accumulated_micro_batches_equal_one_large_batch(pairs, single_process, tmp_path) -> None:
     train.train(run_train.parse_args(argv(pairs, tmp_path, 4, "--accum_freq", "2")))
     assert_same_run(single_process, tmp_path)
 
 
-def test_bf16_autocast_loss_close_to_fp32(pairs) -> None:  # noqa: F811
+def test_bf16_autocast_loss_close_to_fp32(pairs) -> None:
     torch.manual_seed(0)
     config = run_train.parse_args(["--random_init", "--model_config", "tiny", "--device", "cpu"])
     model = train.make_model(config)

@@ -12,6 +12,7 @@ import cxr_data
 import errors
 import run_lock
 from conftest import ROOT
+from cxr_data import H5_KEY
 
 
 def _main_raising(exc):
@@ -54,7 +55,7 @@ def test_main_return_value_is_the_exit_status():
 
 def _h5(path, images):
     with h5py.File(path, "w") as f:
-        f.create_dataset("cxr", data=images)
+        f.create_dataset(H5_KEY, data=images)
     return path
 
 

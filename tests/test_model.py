@@ -10,6 +10,7 @@ from torch import nn
 
 import clip
 import zero_shot
+from conftest import SMALL
 from model import (
     CLIP,
     MODEL_CONFIG_FILE,
@@ -22,10 +23,6 @@ from model import (
     model_config,
     original_config,
 )
-
-SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
-             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-             transformer_layers=2)
 
 
 def small_clip(seed: int = 0) -> CLIP:

@@ -11,10 +11,9 @@ from nbclient import NotebookClient
 
 import eval as ev
 import zero_shot as zs
-from conftest import ROOT
+from conftest import ROOT, save_clip, write_h5, write_labels
 from labels import CHEXPERT_CSV_ORDER
 from model import CLIP, MODEL_CONFIGS, convert_weights
-from test_zero_shot import save_clip, write_h5, write_labels
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "zero_shot.ipynb"
 

@@ -22,6 +22,7 @@ import eval as ev
 import model
 import simple_tokenizer
 import zero_shot
+from conftest import SMALL
 from model import CLIP
 
 # Appendix S: the original's public callables and their parameter names, in order.
@@ -58,6 +59,8 @@ ORIGINAL_SIGNATURES = {
     "train.load_data": ("cxr_filepath", "txt_filepath", "batch_size", "column", "pretrained", "verbose"),
     "train.load_clip": ("model_path", "pretrained", "context_length"),
     "train.preprocess_text": ("texts", "model"),
+    "train.make": ("config", "cxr_filepath", "txt_filepath", "model_path"),
+    "train.train_main": ("cxr_filepath", "txt_filepath", "hyperparams", "output_path", "model_path", "pretrained"),
     "data_process.load_data": ("filepath",),
     "data_process.get_cxr_paths_list": ("filepath",),
     "data_process.preprocess": ("img", "desired_size"),
@@ -88,10 +91,7 @@ ORIGINAL_SIGNATURES = {
     "simple_tokenizer.whitespace_clean": ("text",),
     "simple_tokenizer.SimpleTokenizer": ("bpe_path",),
 }
-# Not listed above: train.make and train.train_main, which this project does not define (yet).
 
-SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
-             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
 LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion"]
 N = 8
 

@@ -14,7 +14,7 @@ import pytest
 
 import data_process as dp
 import preprocess_train_data as cli
-from conftest import kill_9_when, mimic_args, read_h5  # test_train imports mimic_args from here
+from conftest import kill_9_when, mimic_args, read_h5
 
 
 def jpg(path: Path, w: int, h: int, seed: int = 0) -> str:

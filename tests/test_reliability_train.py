@@ -22,10 +22,9 @@ import errors
 import run_lock
 import run_train
 import train
+from conftest import CAPTIONS, MICRO, ROOT
 from cxr_data import H5_KEY
-from test_train import CAPTIONS, MICRO
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 24   # images: 3 batches of 8 per epoch
 
 

@@ -24,9 +24,10 @@ import errors
 import eval as ev
 import run_zero_shot
 import zero_shot as zs
-from conftest import ROOT, run_python
+from conftest import ROOT, SMALL, run_python, save_clip, small_clip, write_h5, write_labels
+from cxr_data import H5_KEY
+from labels import CHEXPERT_EVAL_ORDER as LABELS
 from model import CLIP
-from test_zero_shot import LABELS, SMALL, save_clip, small_clip, write_h5, write_labels
 
 PROG = "run_zero_shot.py"
 
@@ -61,7 +62,7 @@ def inputs(tmp_path_factory) -> dict:
         h5.create_dataset("images", data=np.zeros((12, 320, 320), np.uint8))
     f["wrong_key_h5"] = str(d / "wrong_key.h5")
     with h5py.File(d / "unit_scale.h5", "w") as h5:  # float32 scaled to 0..1 instead of 0..255
-        h5.create_dataset("cxr", data=np.random.default_rng(0).random((12, 320, 320), dtype=np.float32))
+        h5.create_dataset(H5_KEY, data=np.random.default_rng(0).random((12, 320, 320), dtype=np.float32))
     f["unit_scale_h5"] = str(d / "unit_scale.h5")
 
     table = pd.read_csv(f["csv"])

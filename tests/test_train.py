@@ -18,35 +18,9 @@ import torch.nn.functional as F
 import clip
 import run_train
 import train
+from conftest import CAPTIONS, MICRO, ROOT, mimic_args
 from cxr_data import H5_KEY
 from model import CLIP, build_model
-from test_preprocess_cli import mimic_args
-
-ROOT = Path(__file__).resolve().parents[1]
-# A very small CLIP so a step takes milliseconds on a CPU.
-MICRO = ["--random_init", "--model_config", "tiny", "--image_resolution", "32", "--vision_patch_size", "8",
-         "--vision_width", "64", "--vision_layers", "1", "--transformer_width", "64", "--transformer_layers", "1",
-         "--embed_dim", "32", "--num_workers", "0", "--device", "cpu"]
-CAPTIONS = ["no acute cardiopulmonary process", "large left pleural effusion", "moderate cardiomegaly",
-            "right lower lobe consolidation"]
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> tuple[Path, Path]:
-    """64 uint8 images whose bright square's position depends on the caption."""
-    root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 60, (64, 320, 320), dtype=np.uint8)
-    captions = []
-    for i in range(64):
-        k = i % 4
-        images[i, 40 + 60 * k: 120 + 60 * k, 100:220] = 230
-        captions.append(CAPTIONS[k])
-    with h5py.File(root / "cxr.h5", "w") as f:
-        f.create_dataset(H5_KEY, data=images, chunks=(1, 320, 320))
-    pd.DataFrame({"filename": [f"s{i}.txt" for i in range(64)], "impression": captions}).to_csv(
-        root / "impressions.csv", index=False)
-    return root / "cxr.h5", root / "impressions.csv"
 
 
 def args(pairs, save_dir, *extra) -> list[str]:

@@ -14,41 +14,12 @@ import clip
 import eval as ev
 import run_zero_shot
 import zero_shot as zs
+from conftest import N, save_clip, small_clip, write_h5, write_labels
+from cxr_data import H5_KEY
 from model import CLIP
 
-SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
-             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-             transformer_layers=2)
 LABELS = zs.CHEXPERT_LABELS
 PAIR = ("{}", "no {}")
-N = 12
-
-
-def small_clip(seed: int = 0) -> CLIP:
-    torch.manual_seed(seed)
-    return CLIP(**SMALL).eval()
-
-
-def save_clip(path, seed: int) -> str:
-    torch.save(small_clip(seed).state_dict(), path)
-    return str(path)
-
-
-def write_h5(path, n: int = N, dtype=np.uint8, seed: int = 0) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 256, (n, 320, 320)).astype(dtype)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("cxr", data=pixels)
-    return str(path)
-
-
-def write_labels(path, labels, n: int = N, seed: int = 0, key: str = "Study") -> str:
-    """A label CSV with a key column and 0/1 labels; rows 0 and 1 make both classes present."""
-    y = np.random.default_rng(seed).integers(0, 2, (n, len(labels)))
-    y[0], y[1] = 1, 0
-    table = pd.DataFrame(y, columns=labels)
-    table.insert(0, key, [f"CheXpert-v1.0/test/patient{64741 + i}/study1" for i in range(n)])
-    table.to_csv(path, index=False)
-    return str(path)
 
 
 @pytest.fixture
@@ -59,7 +30,7 @@ def images(tmp_path) -> str:
 def direct_probabilities(model: CLIP, h5_path: str, labels, pair=PAIR) -> np.ndarray:
     """The score written out by hand: sigmoid(cos(image, pos text) - cos(image, neg text))."""
     with h5py.File(h5_path, "r") as f:
-        raw = torch.from_numpy(f["cxr"][:].astype(np.float32))
+        raw = torch.from_numpy(f[H5_KEY][:].astype(np.float32))
     x = (raw[:, None].repeat(1, 3, 1, 1) - 101.48761) / 83.43944
     x = F.interpolate(x, size=model.visual.input_resolution, mode="bicubic", align_corners=False)
     with torch.no_grad():
@@ -121,7 +92,7 @@ def test_raw_batches_transformed_on_the_device_score_like_per_image_transforms(t
         np.testing.assert_allclose(raw, per_image, rtol=0, atol=1e-6)
     with_workers = torch.cat([b["img"] for b in zs.raw_loader(images, batch_size=5, num_workers=2)])
     with h5py.File(images, "r") as f:
-        np.testing.assert_array_equal(with_workers[:, 0].numpy(), f["cxr"][:])
+        np.testing.assert_array_equal(with_workers[:, 0].numpy(), f[H5_KEY][:])
 
 
 def test_dataset_reads_uint8_and_float32_alike_and_with_workers(tmp_path) -> None:
