@@ -15,6 +15,10 @@ batched on the model's device.
 Beyond the original, as named options: ``prompt_style="negation_aware"`` (a correct negative for
 labels that are already negations, such as "No Finding", whose AUROC the original inverts), and
 per-model prediction caches keyed by everything that changes the numbers.
+
+The h5 readers (:mod:`cxr_data`), the model loader (:func:`clip.load_model`) and the label lists and
+prompt templates (:mod:`labels`) live in their own modules; the names the original's notebook imports
+from here (``CXRTestDataset``, ``load_clip``, ``make``, ``make_true_labels``...) stay.
 """
 from __future__ import annotations
 
