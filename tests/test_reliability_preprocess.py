@@ -256,8 +256,8 @@ def test_a_pool_whose_workers_cannot_start_is_an_error_not_a_hang(tmp_path):
     paths, _ = mimic_tree(tmp_path / "data", 6)
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("data_process.py", "errors.py", "run_lock.py", "worker_pool.py"):
-        shutil.copy(ROOT / name, lib / name)
+    for module in ROOT.glob("*.py"):   # the project's modules, data_process's imports among them
+        shutil.copy(module, lib / module.name)
     out = tmp_path / "cxr.h5"
     script = tmp_path / "script.py"
     script.write_text(f"""import os
