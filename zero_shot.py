@@ -161,15 +161,31 @@ def image_features(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]
     return torch.cat(features)
 
 
-def _pair_probabilities(model: nn.Module, features: torch.Tensor, pos_texts: Sequence[Sequence[str]],
-                        neg_texts: Sequence[Sequence[str]], context_length: int = 77) -> np.ndarray:
-    """exp(s+) / (exp(s+) + exp(s-)) per image and label, computed in float32 as the original."""
+def pair_weights(model: nn.Module, pos_texts: Sequence[Sequence[str]], neg_texts: Sequence[Sequence[str]],
+                 context_length: int = 77) -> torch.Tensor:
+    """[embed_dim, 2C] fp32 text embeddings: the C labels' positive sides, then their negative sides.
+
+    Each side is :func:`_text_embeddings`' prompt ensemble of its texts. Computed once per model,
+    they score any number of images with :func:`pair_probabilities`.
+    """
     with _inference(model):
-        weights = torch.cat([_text_embeddings(model, pos_texts, context_length),
-                             _text_embeddings(model, neg_texts, context_length)], dim=1)
+        return torch.cat([_text_embeddings(model, pos_texts, context_length),
+                          _text_embeddings(model, neg_texts, context_length)], dim=1)
+
+
+def pair_probabilities(features: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+    """exp(s+) / (exp(s+) + exp(s-)) per image and label from L2-normalised image ``features`` and
+    :func:`pair_weights`, computed in float32 as the original."""
+    with torch.inference_mode():
         cosines = (features @ weights).cpu().numpy()
     pos, neg = np.split(cosines, 2, axis=1)
     return np.exp(pos) / (np.exp(pos) + np.exp(neg))
+
+
+def _pair_probabilities(model: nn.Module, features: torch.Tensor, pos_texts: Sequence[Sequence[str]],
+                        neg_texts: Sequence[Sequence[str]], context_length: int = 77) -> np.ndarray:
+    """exp(s+) / (exp(s+) + exp(s-)) per image and label, computed in float32 as the original."""
+    return pair_probabilities(features, pair_weights(model, pos_texts, neg_texts, context_length))
 
 
 def prompt_texts(labels: Sequence[str], pair_template: Sequence[str] = PAIR_TEMPLATE,
