@@ -7,6 +7,7 @@ University chest X-ray reports that torchxrayvision ships) and writes them in th
 quirks of the real releases, so that the code exercised here is the code that runs on real data.
 
     python -m phantom --out data/phantom --studies 2000 --seed 0
+    python -m phantom --out data/phantom --studies 2000 --seed 0 --dicom 200    # + DICOM copies
     python -m phantom --contact_sheet docs/phantoms.png
     python -m phantom --learnability
 
@@ -18,6 +19,7 @@ Reading guide (each module uses only the ones above it):
   frontal   the frontal view: one function per anatomical structure, per finding, per device;
   lateral   the lateral view, the same way;
   images    a study's radiograph in either view; image files written by a process pool;
+  dicom     DICOM copies of the phantoms whose display is known to the grey level (--dicom);
   writers   the dataset layouts, their edge cases and the manifest; generate() writes it all;
   checks    the learnability check and the contact sheet;
   __main__  the command line.
@@ -30,6 +32,7 @@ single change of coordinates.
 """
 from .canvas import Anatomy, Canvas, Pose, anatomy_with, sample_anatomy, sample_pose
 from .checks import contact_sheet, learnability
+from .dicom import TRANSFER_SYNTAXES, VARIANTS, Header, Variant, stored_values, write_dicom
 from .frontal import FRONTAL_FINDINGS, atelectasis, draw_frontal_anatomy
 from .images import ImageJob, render, write_image, write_images
 from .labels import (
@@ -64,6 +67,7 @@ from .writers import PADCHEST_CSV, generate
 __all__ = [
     "Anatomy", "Canvas", "Pose", "anatomy_with", "sample_anatomy", "sample_pose",
     "contact_sheet", "learnability",
+    "TRANSFER_SYNTAXES", "VARIANTS", "Header", "Variant", "stored_values", "write_dicom",
     "FRONTAL_FINDINGS", "atelectasis", "draw_frontal_anatomy",
     "ImageJob", "render", "write_image", "write_images",
     "CHEXPERT_ORDER", "CHEXPERT_TEST_POSITIVES", "CHEXPERT_TEST_PREVALENCE", "COMPETITION", "LABELS",

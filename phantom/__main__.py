@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from errors import ArgumentParser, non_negative_int, positive_int, run_cli
 
@@ -22,7 +23,13 @@ LAYOUT = """layout written under --out:
   chexpert/CheXpert-v1.0-small/valid/patientNNNNN/study1/*.jpg
   padchest/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv
   padchest/<ImageDir>/<ImageID>                                  (16-bit PNG, 12-bit values)
-  manifest.json                                                  (seed, counts, edge cases)"""
+  manifest.json                                                  (seed, counts, edge cases)
+with --dicom [N] (phantom/dicom.py), also:
+  mimic-cxr/2.0.0/files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm   (the first N undamaged MIMIC JPGs)
+  mimic-cxr/2.0.0/cxr-record-list.csv.gz                          (subject_id, study_id, dicom_id, path)
+  dicom/variants/<variant>.dcm      (MONOCHROME1/2 x 8/12/16 bits x window, windows, VOI LUT, SIGMOID
+                                     x Modality LUT or not x 6 transfer syntaxes)
+  dicom/edge_cases/                 (multi-frame, no Pixel Data, RGB, truncated, IM000001 without extension)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="PadChest rows sampled from the Physician-labelled rows (default: 300)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes drawing images (default: all cores)")
+    parser.add_argument("--dicom", type=non_negative_int, nargs="?", const=sys.maxsize, metavar="N",
+                        help="also write DICOM copies of the first N MIMIC images (all of them with --dicom alone) "
+                             "and the DICOM variants and edge cases under dicom/ (default: no DICOM)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an earlier phantom root at --out first (a non-empty --out is refused otherwise)")
     parser.add_argument("--contact_sheet", metavar="PATH",
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                      label, scores["logreg_auroc"], scores["mean_intensity_auroc"])
     else:
         generate(args.out, args.studies, args.seed, args.test_studies, args.valid_studies, args.padchest_images,
-                 args.workers, args.overwrite)
+                 args.workers, args.overwrite, args.dicom)
     return 0
 
 

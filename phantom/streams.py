@@ -40,6 +40,8 @@ STREAMS = {
     "padchest_image": 33,          # [row index]: drawing
     # contact sheet
     "contact_sheet": 40,           # [tile index]: anatomy and drawing
+    # DICOM copies (only with --dicom)
+    "dicom_mimic": 50,             # [MIMIC image index]: photometric and transfer syntax of its DICOM
 }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from errors import UserError
 
 from . import streams
+from .dicom import write_dicom_root
 from .images import ImageJob, write_images
 from .labels import (
     CHEXPERT_ORDER,
@@ -447,7 +448,7 @@ def write_padchest(out: Path, n: int, seed: int) -> tuple[list[ImageJob], dict]:
 # ---- everything ------------------------------------------------------------------------------
 
 #: What a phantom root holds: the only entries ``overwrite`` may delete.
-ROOT_ENTRIES = {"mimic-cxr-jpg", "mimic-cxr", "chexpert-test", "chexpert", "padchest", "manifest.json"}
+ROOT_ENTRIES = {"mimic-cxr-jpg", "mimic-cxr", "chexpert-test", "chexpert", "padchest", "dicom", "manifest.json"}
 
 
 def clear_root(out: Path, overwrite: bool) -> None:
@@ -469,10 +470,13 @@ def clear_root(out: Path, overwrite: bool) -> None:
 
 
 def generate(out: str | Path, studies: int = 2000, seed: int = 0, test_studies: int = 500, valid_studies: int = 200,
-             padchest_images: int = 300, workers: int | None = None, overwrite: bool = False) -> dict:
+             padchest_images: int = 300, workers: int | None = None, overwrite: bool = False,
+             dicom: int | None = None) -> dict:
     """Write the whole phantom root (see the package docstring and --help) into an empty or new
     folder (``overwrite``: replace an earlier phantom root) and return the manifest, also saved
-    as <out>/manifest.json. The same seed gives byte-identical files."""
+    as <out>/manifest.json. The same seed gives byte-identical files. ``dicom`` (off by default):
+    also DICOM copies of the first ``dicom`` MIMIC images and the DICOM variants and edge cases
+    (phantom.dicom)."""
     out = Path(out)
     start = time.time()
     clear_root(out, overwrite)
@@ -484,6 +488,8 @@ def generate(out: str | Path, studies: int = 2000, seed: int = 0, test_studies: 
     jobs = mimic_jobs + test_jobs + valid_jobs + padchest_jobs
     workers = workers or os.cpu_count() or 1
     write_images(jobs, workers)
+    if dicom is not None:
+        manifest["dicom"] = write_dicom_root(out, mimic_jobs, seed, dicom, workers, MIMIC_JPG, MIMIC_REPORTS)
     manifest["counts"].update(padchest.pop("counts"))
     manifest["counts"].update({"chexpert_test_studies": test_studies, "chexpert_test_images": len(test_jobs),
                                "chexpert_valid_studies": valid_studies, "chexpert_valid_images": len(valid_jobs)})
