@@ -14,6 +14,8 @@ missing, what is unexpected and which architecture the file holds.
 
 Nothing here touches the network at import. :func:`load` looks for OpenAI weights in
 ``models/`` and ``~/.cache/clip`` and only then downloads (with SHA256 verification).
+:data:`WEIGHTS_FILES` is the one table of weights files (name, SHA256, source) that
+download_checkpoints.py fetches and models/README.md shows.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import re
 import urllib.request
 import warnings
 import zipfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
@@ -44,13 +47,56 @@ __all__ = ["available_models", "load", "load_model", "tokenize", "cxr_transform"
 
 log = logging.getLogger(__name__)
 
-# The URL's path segment is the file's SHA256.
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file the project can fetch: its file name, SHA256, and plain-HTTPS ``url`` (``None``
+    for a file of the CheXzero authors' Google Drive folder, :data:`CHEXZERO_DRIVE_FOLDER`)."""
+
+    name: str
+    sha256: str
+    url: str | None = None
+
+
+def _openai(name: str, sha256: str) -> WeightsFile:
+    """An OpenAI CLIP file: the path segment of its URL is its SHA256."""
+    return WeightsFile(name, sha256, f"https://openaipublic.azureedge.net/clip/models/{sha256}/{name}")
+
+
+# The Google Drive folder of the 10 released CheXzero checkpoints (linked from the original README).
+CHEXZERO_DRIVE_FOLDER = "1makFLiEMbSleYltaRxw81aBhEDMpVwno"
+
+# SHA256 of the 10 released checkpoints, measured by a third party on the released files.
+_RELEASED_SHA256 = {
+    "best_128_0.0002_original_15000_0.859.pt": "620ee11d836f65104cd77c3764fd11ee787d709b0873ea58ca1acbf89c40c50c",
+    "best_128_0.0002_original_8000_0.857.pt": "c1ec95b173e8dcd007320e6c33c2ae29023f5f38efc208add99702150c0a72f7",
+    "best_128_5e-05_original_22000_0.855.pt": "1e3ae7be8d92caf09aa101ab81840b39ee4b1cad3111522250800566834622bf",
+    "best_64_0.0001_original_16000_0.861.pt": "8f5f2679d205476b2e8f8c5112d010008b85ee3d17286cf4d301e50857282006",
+    "best_64_0.0001_original_17000_0.863.pt": "ba3f39d6981c252148d7c3eff37979f2f28d29d193259eda06aaae6b5df596f5",
+    "best_64_0.0001_original_35000_0.864.pt": "40ad37ea1933b6ae021a570d1a228e1b21ce1f7f4741348050766c365de214e9",
+    "best_64_0.0002_original_23000_0.854.pt": "060d9743c5580b35ce42b602adc1a6dd8cd77e06055a0699584eb111757d9460",
+    "best_64_5e-05_original_16000_0.858.pt": "6af517141430a61ac4084d8d08cf77d713dda8386eb1bb4afa4ea621b3483a6b",
+    "best_64_5e-05_original_18000_0.862.pt": "0bc03704af2c5db952d2b9f59af1d93b7baa58b2346c953abf556d00eeccf7dc",
+    "best_64_5e-05_original_22000_0.864.pt": "567a2efbabc6a02370de6e18178afd22ee72d7e6f29a789db1535e5c798d6ae8",
+}
+
+# The one table of weights files, by file name: the 10 released CheXzero checkpoints, then OpenAI's
+# ViT-B/32 that training from CLIP starts from. download_checkpoints.py fetches and verifies them;
+# models/README.md shows the same table (a test checks that both agree).
+WEIGHTS_FILES: dict[str, WeightsFile] = {f.name: f for f in (
+    *(WeightsFile(name, sha256) for name, sha256 in _RELEASED_SHA256.items()),
+    _openai("ViT-B-32.pt", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
+)}
+CHEXZERO_CHECKPOINTS = tuple(_RELEASED_SHA256)
+
+# OpenAI's models by the original's names; the URL's path segment is the file's SHA256.
 _MODELS = {
     "RN50": "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
     "RN101": "https://openaipublic.azureedge.net/clip/models/8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
     "RN50x4": "https://openaipublic.azureedge.net/clip/models/7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
-    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/32": WEIGHTS_FILES["ViT-B-32.pt"].url,
 }
+
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used: damaged, truncated, not a weights file, or holding
@@ -90,7 +136,8 @@ def available_models() -> list[str]:
     return list(_MODELS)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The SHA256 of a file, read in 1 MiB blocks (the checkpoints are ~350 MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -106,7 +153,7 @@ def _find_or_download(name: str, download_root: Path) -> Path:
     for folder in (MODELS_DIR, download_root):
         candidate = folder / filename
         if candidate.is_file():
-            if _sha256(candidate) != expected:
+            if file_sha256(candidate) != expected:
                 raise CheckpointError(f"{candidate} does not have the SHA256 of {name} ({expected}); "
                                    f"delete it or replace it with the official file from {url}")
             return candidate
@@ -119,10 +166,12 @@ def _find_or_download(name: str, download_root: Path) -> Path:
     except OSError as err:
         raise CheckpointError(
             f"Could not download the OpenAI {name} weights ({err}). Offline, put {filename} "
-            f"(SHA256 {expected}, from {url}) in {MODELS_DIR}/ or {download_root}/.") from err
-    if _sha256(partial) != expected:
+            f"(SHA256 {expected}, from {url}) in {MODELS_DIR}/ or {download_root}/ (python "
+            "download_checkpoints.py --openai fetches it into models/, resuming an interrupted download).") from err
+    actual = file_sha256(partial)
+    if actual != expected:
         partial.unlink()
-        raise CheckpointError(f"Downloaded {url} but its SHA256 does not match {expected}; try again.")
+        raise CheckpointError(f"Downloaded {url} but its SHA256 is {actual}, expected {expected}; try again.")
     partial.replace(target)
     return target
 
