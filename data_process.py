@@ -16,7 +16,9 @@ meaning (``preprocess``, ``img_to_hdf5``, ``get_cxr_paths_list``, ``get_cxr_path
   that a live one is writing;
 * the worker processes never re-run the caller's ``__main__``, so parallel decoding works from
   scripts without an ``if __name__ == "__main__":`` guard, from stdin and from notebooks;
-* 16-bit PNGs (PadChest) are read at full depth and scaled by their real bit depth.
+* 16-bit PNGs (PadChest) are read at full depth and scaled by their real bit depth, and DICOM
+  files are read too (``dicom_rule``): the one image reader is :mod:`image_reader`, whose names
+  (``load_cxr``, ``preprocess``, ``read_image``, ``ImageDecodeError``, ...) are importable from here.
 
 Reports -> impressions (the CheXzero rule reproduced exactly, the official MIMIC-CXR parser's choice
 as the ``mimic`` rule) live in :mod:`reports`, PadChest's label lists in :mod:`labels`; their names
@@ -28,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -45,12 +46,27 @@ import cv2
 import h5py
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 import run_lock
 import worker_pool
 from errors import UserError
+from image_reader import (  # noqa: F401 - re-exported: the image functions' names in the original's module
+    DICOM_RULES,
+    FAST_DECODE_OVERSAMPLE,
+    IMAGE_SUFFIXES,
+    RESOLUTION,
+    ImageDecodeError,
+    decode_image,
+    is_dicom,
+    load_cxr,
+    may_be_dicom,
+    preprocess,
+    read_image,
+    resize_and_pad,
+    scaled_size,
+    to_uint8,
+)
 from labels import parse_padchest_labels  # noqa: F401 - re-exported: data_process.parse_padchest_labels
 from reports import (  # noqa: F401 - re-exported: the report functions' names in the original's module
     IMPRESSION_RULES,
@@ -72,24 +88,16 @@ from worker_pool import WorkerPoolError
 
 log = logging.getLogger(__name__)
 
-RESOLUTION = 320
 #: The one name of the images dataset in every h5 this project writes and reads (cxr_data imports it).
 H5_KEY = "cxr"
 # Bumped whenever the pixels written for a given input could change; part of the resume
 # fingerprint so a partial file is never continued by a different algorithm.
 PIPELINE_VERSION = "1"
-# fast_decode decodes JPEGs at >= 2x the final size (1/4 scale for MIMIC's 3056 px), so the
-# LANCZOS step still does a real reduction: max deviation 1-2 grey levels instead of 3-30 at 1x.
-FAST_DECODE_OVERSAMPLE = 2
 
 
 # --------------------------------------------------------------------------------------
-# Images
+# Images -> HDF5 (the images themselves are read by image_reader)
 # --------------------------------------------------------------------------------------
-
-
-class ImageDecodeError(Exception):
-    """An image file that cannot be turned into pixels (missing, empty, truncated, corrupt)."""
 
 
 class ResumeError(UserError):
@@ -120,139 +128,12 @@ def get_cxr_paths_list(filepath: str) -> pd.Series:
     return load_data(filepath)["Path"]
 
 
-def scaled_size(size: tuple[int, int], desired_size: int = RESOLUTION) -> tuple[int, int]:
-    """Size after CheXzero's aspect-preserving resize: long side -> desired, ``int()`` truncation.
-
-    The float expression is the original's on purpose (ratio first, then multiply), so sizes
-    that land a hair under an integer truncate exactly as CheXzero did.
-    """
-    ratio = float(desired_size) / max(size)
-    return int(size[0] * ratio), int(size[1] * ratio)
-
-
-def resize_and_pad(img: Image.Image, new_size: tuple[int, int], desired_size: int = RESOLUTION) -> Image.Image:
-    """LANCZOS-resize ``img`` to ``new_size`` and paste it centred (floor offsets) on a black
-    ``desired_size`` square 'L' canvas. An RGB input is converted to 'L' by the paste
-    (ITU-R 601-2 luma), exactly as in the original."""
-    img = img.resize(new_size, Image.Resampling.LANCZOS)
-    canvas = Image.new("L", (desired_size, desired_size))
-    canvas.paste(img, ((desired_size - new_size[0]) // 2, (desired_size - new_size[1]) // 2))
-    return canvas
-
-
-def preprocess(img: Image.Image, desired_size: int = RESOLUTION) -> Image.Image:
-    """CheXzero's image transform: aspect-preserving LANCZOS resize of the long side to
-    ``desired_size`` (short side truncated by ``int()``), centred zero pad, 8-bit gray.
-
-    Example: 2544x3056 (WxH) -> 266x320 pasted at x offset 27.
-    """
-    return resize_and_pad(img, scaled_size(img.size, desired_size), desired_size)
-
-
-def _read_image_bytes(path: str) -> bytes:
-    """Read an image file, rejecting the failure kinds a decoder would not report.
-
-    A JPEG cut short still decodes with OpenCV (libjpeg pads the missing rows with gray and
-    only prints a warning), so completeness is checked on the bytes: a JPEG needs an
-    end-of-image marker after its last start-of-scan (entropy-coded data cannot contain
-    either marker), a PNG needs its IEND chunk at the end.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except OSError as e:
-        raise ImageDecodeError(f"cannot read file: {e.strerror or e}") from None
-    if not data:
-        raise ImageDecodeError("zero-byte file")
-    if data[:2] == b"\xff\xd8":
-        start_of_scan = data.rfind(b"\xff\xda")
-        if start_of_scan < 0 or data.rfind(b"\xff\xd9") < start_of_scan:
-            raise ImageDecodeError("truncated JPEG (no end-of-image marker after the scan data)")
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
-        raise ImageDecodeError("truncated PNG (no IEND chunk)")
-    return data
-
-
-def to_uint8(arr: np.ndarray, bits_stored: int | None = None) -> np.ndarray:
-    """Scale a decoded array to uint8. uint8 passes through; uint16 is scaled by its real bit
-    depth: the larger of ``bits_stored`` (e.g. PadChest ``BitsStored_DICOM``) and the bit
-    length of the image maximum, so 12-bit data in a 16-bit PNG maps 4095 -> 255 instead of
-    being crushed to black (OpenCV's default high-byte reduction) or clipped (PIL 'L')."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype != np.uint16:
-        raise ImageDecodeError(f"unsupported pixel type {arr.dtype}")
-    bits = max(8, int(arr.max()).bit_length(), min(int(bits_stored or 0), 16))
-    scale = 255.0 / ((1 << bits) - 1)
-    return np.rint(arr.astype(np.float32) * scale).astype(np.uint8)
-
-
-def _array_to_pil(arr: np.ndarray) -> Image.Image:
-    """OpenCV array (gray, BGR or BGRA, uint8) -> PIL 'L' or 'RGB' image."""
-    if arr.ndim == 2:
-        return Image.fromarray(arr)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB))
-    raise ImageDecodeError(f"unsupported image shape {arr.shape}")
-
-
-def decode_image(data: bytes, bits_stored: int | None = None) -> Image.Image:
-    """Decode image bytes at full depth with OpenCV -> PIL image ('L', or 'RGB' for colour files).
-
-    Gray files stay single-channel (identical to the original's colour decode, whose three
-    channels are equal and whose luma conversion is then the identity); colour files take
-    the original's RGB path so their pixels match too.
-    """
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
-    if arr is None:
-        raise ImageDecodeError("not decodable (corrupt or unsupported format)")
-    return _array_to_pil(to_uint8(arr, bits_stored))
-
-
-def _decode_jpeg_reduced(data: bytes, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
-    """JPEG decode with DCT-domain downscaling (libjpeg scale 1/2, 1/4 or 1/8 via PIL
-    ``draft``) to the smallest size still ``FAST_DECODE_OVERSAMPLE`` times the final size,
-    in gray. Returns the image and the final size, computed from the full-resolution size
-    so the geometry equals the exact path."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        new_size = scaled_size(img.size, resolution)
-        img.draft("L", (new_size[0] * FAST_DECODE_OVERSAMPLE, new_size[1] * FAST_DECODE_OVERSAMPLE))
-        img.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"not decodable: {e}") from None
-    return (img if img.mode in ("L", "RGB") else img.convert("L")), new_size
-
-
-def load_cxr(path: str, resolution: int = RESOLUTION, fast_decode: bool = False,
-             bits_stored: int | None = None) -> np.ndarray:
-    """Read one image file and return CheXzero's (resolution, resolution) uint8 image.
-
-    ``fast_decode`` decodes JPEGs at a reduced scale before the LANCZOS step (faster, small
-    pixel deviation: see bench/README.md); output size and offsets are the same as the exact
-    path. Raises :class:`ImageDecodeError` with a reason on failure.
-    """
-    data = _read_image_bytes(path)
-    if fast_decode and data[:2] == b"\xff\xd8":
-        img, new_size = _decode_jpeg_reduced(data, resolution)
-    else:
-        img = decode_image(data, bits_stored)
-        new_size = scaled_size(img.size, resolution)
-    if min(new_size) < 1:
-        raise ImageDecodeError(f"degenerate image size {img.size}")
-    return np.asarray(resize_and_pad(img, new_size, resolution))
-
-
-def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: bool
+def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: bool, dicom_rule: str = "mimic"
                ) -> tuple[int, np.ndarray | None, str | None]:
     """Worker: (index, path, bits) -> (index, pixels or None, failure reason or None)."""
     index, path, bits = task
     try:
-        return index, load_cxr(path, resolution, fast_decode, bits), None
+        return index, load_cxr(path, resolution, fast_decode, bits, dicom_rule), None
     except ImageDecodeError as e:
         return index, None, str(e)
     except cv2.error as e:
@@ -371,12 +252,16 @@ def _partial_paths(out_filepath: str) -> tuple[str, str]:
 
 
 def _fingerprint(paths: Sequence[str], bits: Sequence[int | None], resolution: int, dtype: str,
-                 keep_failed: bool, fast_decode: bool) -> str:
+                 keep_failed: bool, fast_decode: bool, dicom_rule: str = "mimic") -> str:
     h = hashlib.sha256()
     # fast_decode's pixels also depend on its oversampling (a partial file from before it existed must
-    # not be continued); the exact path's fingerprint stays what it was.
+    # not be continued); the exact path's fingerprint stays what it was. The DICOM rule counts only
+    # where a path may be DICOM, so a run of JPGs and PNGs keeps the fingerprint it always had.
     decode = FAST_DECODE_OVERSAMPLE if fast_decode else False
-    h.update(json.dumps([PIPELINE_VERSION, resolution, dtype, keep_failed, decode]).encode())
+    options = [PIPELINE_VERSION, resolution, dtype, keep_failed, decode]
+    if any(may_be_dicom(p) for p in paths):
+        options.append(dicom_rule)
+    h.update(json.dumps(options).encode())
     for p, b in zip(paths, bits):
         h.update(f"{p}\0{b}\n".encode())
     return h.hexdigest()
@@ -454,7 +339,7 @@ def _resumable_state(partial_path: str, progress_path: str, fingerprint: str, re
     if state.get("fingerprint") != fingerprint:
         raise ResumeError(
             f"{partial_path} was started with different inputs or options (paths, dtype, resolution, "
-            f"--keep_failed, --fast_decode); resume needs the same ones, or delete {partial_path} "
+            f"--keep_failed, --fast_decode, --dicom_rule); resume needs the same ones, or delete {partial_path} "
             f"and {progress_path} to start over.")
     log.info("resuming %s: %d/%d images already done", partial_path, n_done, n_total)
     return state
@@ -480,7 +365,7 @@ def _check_build_args(n_paths: int, n_bits: int, resolution: object, dtype: str,
 
 def _decode_into(f: h5py.File, paths: list[str], bits: list[int | None], state: dict, progress_path: str,
                  partial_path: str, resolution: int, dtype: str, keep_failed: bool, fast_decode: bool,
-                 num_workers: int, chunk_images: int, desc: str) -> list[Failure]:
+                 dicom_rule: str, num_workers: int, chunk_images: int, desc: str) -> list[Failure]:
     """Decode the images not done yet into the open partial file ``f``, committing every chunk."""
     failures = [Failure(*x) for x in state["failed"]]
     n_done, n_rows = state["n_done"], state["n_rows"]
@@ -497,7 +382,8 @@ def _decode_into(f: h5py.File, paths: list[str], bits: list[int | None], state: 
             _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
                                            "failed": [[x.index, x.path, x.reason] for x in failures]})
 
-    decoded = worker_pool.imap(partial(_load_task, resolution=resolution, fast_decode=fast_decode), tasks,
+    decoded = worker_pool.imap(partial(_load_task, resolution=resolution, fast_decode=fast_decode,
+                                       dicom_rule=dicom_rule), tasks,
                                num_workers, initializer=_init_worker, what="decode worker")
     with contextlib.closing(decoded) as results, \
             tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
@@ -526,14 +412,16 @@ def _decode_into(f: h5py.File, paths: list[str], bits: list[int | None], state: 
 
 def _build(cxr_paths: Iterable[str], out_filepath: str, resolution: int, *, num_workers: int | None,
            dtype: str, keep_failed: bool, fast_decode: bool, resume: bool,
-           bits_stored: Sequence[int | None] | None, chunk_images: int, desc: str, publish: bool
-           ) -> list[Failure]:
+           bits_stored: Sequence[int | None] | None, chunk_images: int, desc: str, publish: bool,
+           dicom_rule: str) -> list[Failure]:
     paths = [str(p) for p in cxr_paths]
     bits = list(bits_stored) if bits_stored is not None else [None] * len(paths)
     _check_build_args(len(paths), len(bits), resolution, dtype, num_workers, chunk_images)
+    if dicom_rule not in DICOM_RULES:
+        raise ValueError(f"dicom_rule must be one of {DICOM_RULES}, not {dicom_rule!r}")
     num_workers = num_workers or os.cpu_count() or 1
     partial_path, progress_path = _partial_paths(out_filepath)
-    fingerprint = _fingerprint(paths, bits, resolution, dtype, keep_failed, fast_decode)
+    fingerprint = _fingerprint(paths, bits, resolution, dtype, keep_failed, fast_decode, dicom_rule)
 
     with output_lock(out_filepath):
         state = _resumable_state(partial_path, progress_path, fingerprint, resume)
@@ -561,7 +449,7 @@ def _build(cxr_paths: Iterable[str], out_filepath: str, resolution: int, *, num_
                 f = h5py.File(partial_path, "r+", rdcc_nbytes=0)
             try:
                 failures = _decode_into(f, paths, bits, state, progress_path, partial_path, resolution, dtype,
-                                        keep_failed, fast_decode, num_workers, chunk_images, desc)
+                                        keep_failed, fast_decode, dicom_rule, num_workers, chunk_images, desc)
             except BaseException:
                 with contextlib.suppress(Exception):
                     f.close()
@@ -611,7 +499,7 @@ def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: in
                      num_workers: int | None = None, dtype: str = "uint8", keep_failed: bool = False,
                      fast_decode: bool = False, resume: bool = False,
                      bits_stored: Sequence[int | None] | None = None, chunk_images: int = 256,
-                     desc: str = "images") -> list[Failure]:
+                     desc: str = "images", dicom_rule: str = "mimic") -> list[Failure]:
     """Decode every image into ``<out_filepath>.partial`` (key ``cxr``), resumable.
 
     Rows follow the input order. A failed image adds no row (``keep_failed=False``) or an
@@ -626,11 +514,12 @@ def build_h5_partial(cxr_paths: Iterable[str], out_filepath: str, resolution: in
     second process is told a live one is writing. A file system without room for the images
     is refused up front, and a write that fails anyway (disk full, I/O error) raises
     :class:`OutputWriteError` naming the file, never a crash. Worker processes (``num_workers``,
-    default all cores) never re-run the caller's ``__main__``.
+    default all cores) never re-run the caller's ``__main__``. DICOM inputs become grey levels by
+    ``dicom_rule`` (``mimic`` or ``window``, see :mod:`image_reader`).
     """
     return _build(cxr_paths, out_filepath, resolution, num_workers=num_workers, dtype=dtype,
                   keep_failed=keep_failed, fast_decode=fast_decode, resume=resume, bits_stored=bits_stored,
-                  chunk_images=chunk_images, desc=desc, publish=False)
+                  chunk_images=chunk_images, desc=desc, publish=False, dicom_rule=dicom_rule)
 
 
 def finalize_h5(out_filepath: str) -> None:
@@ -648,7 +537,7 @@ def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = R
                 num_workers: int | None = None, dtype: str = "uint8", keep_failed: bool = False,
                 fast_decode: bool = False, resume: bool = False,
                 bits_stored: Sequence[int | None] | None = None, chunk_images: int = 256,
-                desc: str = "images") -> list[Failure]:
+                desc: str = "images", dicom_rule: str = "mimic") -> list[Failure]:
     """Write every image of ``cxr_paths`` to ``out_filepath`` (dataset ``cxr``, shape (N, res, res)).
 
     Same meaning as the original, made safe: uint8 by default (``dtype="float32"`` for the
@@ -659,7 +548,7 @@ def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = R
     """
     return _build(cxr_paths, out_filepath, resolution, num_workers=num_workers, dtype=dtype,
                   keep_failed=keep_failed, fast_decode=fast_decode, resume=resume, bits_stored=bits_stored,
-                  chunk_images=chunk_images, desc=desc, publish=True)
+                  chunk_images=chunk_images, desc=desc, publish=True, dicom_rule=dicom_rule)
 
 
 # --------------------------------------------------------------------------------------
@@ -667,9 +556,10 @@ def img_to_hdf5(cxr_paths: Iterable[str], out_filepath: str, resolution: int = R
 # --------------------------------------------------------------------------------------
 
 
-def find_files(directory: str, suffix: str = ".jpg") -> tuple[list[str], Counter]:
-    """(every file under ``directory`` ending in ``suffix``, sorted part by part; a count of the
-    other files by extension, ``(none)`` for names without one)."""
+def find_files(directory: str, suffix: str | tuple[str, ...] = ".jpg") -> tuple[list[str], Counter]:
+    """(every file under ``directory`` ending in ``suffix`` (or one of several, e.g.
+    ``IMAGE_SUFFIXES``), sorted part by part; a count of the other files by extension,
+    ``(none)`` for names without one)."""
     files, skipped = [], Counter()
     for dirpath, _, names in os.walk(directory):
         for name in names:
