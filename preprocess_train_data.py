@@ -8,6 +8,12 @@ MIMIC-CXR (training), the user's first command::
         --cxr_out_path data/demo/cxr.h5 --csv_out_path data/demo/cxr_paths.csv \\
         --mimic_impressions_path data/demo/mimic_impressions.csv
 
+MIMIC-CXR's own DICOM release works the same way: point ``--chest_x_ray_path`` at its files/
+folder (``.dcm`` files) and choose how DICOM pixels become grey levels with ``--dicom_rule``
+(``mimic``, the default: MIMIC-CXR-JPG's conversion, i.e. the training images; ``window``: the
+DICOM display pipeline). ``--views`` then finds the metadata CSV of a MIMIC-CXR-JPG release beside
+it (``../../mimic-cxr-jpg/<version>/``) or takes ``--metadata_path``.
+
 Evaluation sets: ``--dataset_type chexpert-test | chexpert-valid | padchest`` write the HDF5
 and a labels CSV (``--labels_out_path``) whose row i is image i.
 
@@ -35,12 +41,15 @@ import pandas as pd
 
 import data_process as dp
 from errors import ArgumentParser, UserError, positive_int, run_cli
+from image_reader import DICOM_RULES, DICOM_SUFFIXES
 from labels import CHEXPERT_CSV_ORDER as CHEXPERT_LABELS  # CheXpert's CSV columns, in their order
 from labels import PADCHEST_CSV
 
 log = logging.getLogger("preprocess")
 
 MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
+#: The image files of the two MIMIC releases: MIMIC-CXR-JPG's .jpg, MIMIC-CXR's DICOMs.
+MIMIC_SUFFIXES = (".jpg", *DICOM_SUFFIXES)
 
 
 class PreprocessError(UserError):
@@ -65,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "valid.csv in CSV order. padchest: Physician-labelled rows of the PadChest CSV in "
                         "CSV order, filtered by --projections, with a multi-hot label CSV.")
     p.add_argument("--chest_x_ray_path", default="data/mimic-cxr-jpg/2.0.0/files",
-                   help="image root. mimic: the JPG files/ folder (p10..p19). chexpert-test: folder holding "
-                        "test/patient*/study1/ (and usually groundtruth.csv). chexpert-valid: folder holding "
+                   help="image root. mimic: the files/ folder (p10..p19) of MIMIC-CXR-JPG (.jpg) or of "
+                        "MIMIC-CXR (.dcm, read by --dicom_rule). chexpert-test: folder "
+                        "holding test/patient*/study1/ (and usually groundtruth.csv). chexpert-valid: folder holding "
                         "CheXpert-v1.0-small/valid.csv. padchest: folder holding <ImageDir>/<ImageID> or "
                         "<ImageID> (flat) and usually the PadChest CSV.")
     p.add_argument("--radiology_reports_path", default="data/mimic-cxr/2.0.0/files",
@@ -115,6 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue an interrupted run from its last completed chunk (same inputs and options)")
     p.add_argument("--chunk_images", type=positive_int, default=256,
                    help="images per crash-safe commit (default 256)")
+    p.add_argument("--dicom_rule", default="mimic", choices=DICOM_RULES,
+                   help="how DICOM pixels become grey levels. mimic: MIMIC-CXR-JPG's conversion of MIMIC-CXR's "
+                        "DICOMs (the training images): (x - min) / max to 8 bits, MONOCHROME1 inverted, "
+                        "histogram equalisation, JPEG quality 95. window: Modality LUT, the first window or "
+                        "VOI LUT (LINEAR or SIGMOID), MONOCHROME1 inverted, no equalisation (default mimic)")
     return p.parse_args(argv)
 
 
@@ -161,8 +176,9 @@ def _labels_out(args: argparse.Namespace) -> str:
 def _filter_views(paths: list[str], args: argparse.Namespace) -> list[str]:
     """Keep the images whose metadata ViewPosition is in --views (dicom_id = file stem)."""
     views = {v.upper() for v in _split_list(args.views)}
-    meta_file = _find_file(args.metadata_path, [Path(args.chest_x_ray_path).parent / MIMIC_METADATA],
-                           "MIMIC metadata CSV")
+    release = Path(args.chest_x_ray_path).parent      # mimic-cxr-jpg/<version>, or mimic-cxr/<version> (DICOM)
+    beside = sorted(release.parent.parent.glob(f"mimic-cxr-jpg/*/{MIMIC_METADATA}"), reverse=True)
+    meta_file = _find_file(args.metadata_path, [release / MIMIC_METADATA, *beside], "MIMIC metadata CSV")
     meta = _read_csv(meta_file, usecols=["dicom_id", "ViewPosition"], dtype=str)
     view_of = dict(zip(meta["dicom_id"], meta["ViewPosition"].fillna("").str.strip().str.upper()))
     unknown = [p for p in paths if Path(p).stem not in view_of]
@@ -174,20 +190,36 @@ def _filter_views(paths: list[str], args: argparse.Namespace) -> list[str]:
     return kept
 
 
+def _one_file_per_image(paths: list[str]) -> None:
+    """Refuse a tree holding one dicom_id twice (e.g. <id>.jpg beside <id>.dcm): it would be two rows."""
+    seen: dict[tuple[str, str], str] = {}
+    for path in paths:
+        key = (os.path.dirname(path), Path(path).stem)
+        if key in seen:
+            raise PreprocessError(f"{seen[key]} and {path} are the same image in two formats; keep one "
+                                  f"(point --chest_x_ray_path at the MIMIC-CXR-JPG or the MIMIC-CXR files/)")
+        seen[key] = path
+
+
 def plan_mimic(args: argparse.Namespace) -> Plan:
-    """Sorted JPGs (optionally view-filtered) with one caption row per image."""
+    """Sorted images (.jpg, or the DICOM release's .dcm; optionally view-filtered), one caption row each."""
     root = args.chest_x_ray_path
     if not Path(root).is_dir():
-        raise PreprocessError(f"--chest_x_ray_path {root} is not a folder (expected MIMIC-CXR-JPG files/)")
+        raise PreprocessError(f"--chest_x_ray_path {root} is not a folder (expected the files/ folder of "
+                              f"MIMIC-CXR-JPG or MIMIC-CXR)")
     if not Path(args.radiology_reports_path).is_dir():
         raise PreprocessError(f"--radiology_reports_path {args.radiology_reports_path} is not a folder "
                               f"(expected the mimic-cxr reports files/ with pXX/pXXXXXXXX/sXXXXXXXX.txt)")
-    paths, skipped = dp.find_files(root)
+    paths, skipped = dp.find_files(root, MIMIC_SUFFIXES)
+    skipped.pop(".txt", None)   # reports beside the images: MIMIC-CXR's DICOM release holds both
+    suffixes = "/".join(MIMIC_SUFFIXES)
     if not paths:
         found = f"; it holds {dp.describe_skipped(skipped)}" if skipped else ""
-        raise PreprocessError(f"no .jpg files under {root}{found} (MIMIC-CXR-JPG images end in .jpg)")
+        raise PreprocessError(f"no {suffixes} files under {root}{found} (MIMIC-CXR-JPG images end in .jpg, "
+                              f"MIMIC-CXR's in .dcm)")
     if skipped:
-        log.warning("%s: skipped %s that do not end in .jpg", root, dp.describe_skipped(skipped))
+        log.warning("%s: skipped %s that do not end in %s", root, dp.describe_skipped(skipped), suffixes)
+    _one_file_per_image(paths)
     log.info("found %d images under %s", len(paths), root)
     if args.views:
         paths = _filter_views(paths, args)
@@ -365,7 +397,8 @@ def run(args: argparse.Namespace) -> None:
         failures = dp.build_h5_partial(
             plan.paths, args.cxr_out_path, num_workers=args.num_workers, dtype=args.dtype,
             keep_failed=args.keep_failed, fast_decode=args.fast_decode, resume=args.resume,
-            bits_stored=plan.bits, chunk_images=args.chunk_images, desc=args.dataset_type)
+            bits_stored=plan.bits, chunk_images=args.chunk_images, desc=args.dataset_type,
+            dicom_rule=args.dicom_rule)
         failed_rows = {f.index for f in failures}
         kept = [i for i in range(len(plan.paths)) if args.keep_failed or i not in failed_rows]
 

@@ -3,6 +3,7 @@ the JPEG processes pydicom 3 cannot encode); the ``window`` rule is checked agai
 files are made to display, the ``mimic`` rule against the published MIMIC-CXR-JPG conversion."""
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import tempfile
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import cv2
 import gdcm
+import h5py
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
@@ -28,7 +31,8 @@ from pydicom.uid import (
 
 import data_process as dp
 import image_reader as ir
-from conftest import read_h5
+import preprocess_train_data as cli
+from conftest import mimic_args, read_h5
 
 # 12 bits: stored value 16 * g + 8 shows as grey level g under the window (c, w) below, exactly
 # (PS3.3 C.11.2.1.2.1: y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255 = g).
@@ -348,7 +352,7 @@ def test_data_process_keeps_the_reader_names_importable():
 
 
 # ------------------------------------------------------------------------------------------
-# Preprocessing: HDF5 rows, resume fingerprints
+# Preprocessing: HDF5 rows, resume fingerprints, a MIMIC-CXR DICOM tree
 # ------------------------------------------------------------------------------------------
 
 
@@ -369,3 +373,53 @@ def test_the_resume_fingerprint_counts_the_dicom_rule_only_where_a_path_may_be_d
     assert dp._fingerprint(jpgs, *args, "mimic") == dp._fingerprint(jpgs, *args, "window") \
         == dp._fingerprint(jpgs, *args)                               # as before the rule existed
     assert dp._fingerprint(dicoms, *args, "mimic") != dp._fingerprint(dicoms, *args, "window")
+
+
+def mimic_dicom_tree(root: Path) -> dict[str, np.ndarray]:
+    """MIMIC-CXR's DICOM release in miniature (files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm beside the
+    reports), with the MIMIC-CXR-JPG metadata CSV in its own release folder. Returns dicom_id -> grey."""
+    files = root / "mimic-cxr/2.0.0/files"
+    report = " FINAL REPORT\n IMPRESSION:\n \n No acute process.\n"
+    images, meta = {}, []
+    for k, (patient, study, dicom_id, view) in enumerate([("p10000032", "s50000001", "aa11", "PA"),
+                                                          ("p10000032", "s50000001", "bb22", "LATERAL"),
+                                                          ("p19000004", "s53000003", "cc33", "AP")]):
+        images[dicom_id] = grey_jpg(root / "src" / f"{dicom_id}.jpg", 60 + 4 * k, 56, seed=k)
+        photometric = "MONOCHROME1" if k == 1 else "MONOCHROME2"
+        save(windowed(images[dicom_id], photometric), files / patient[:3] / patient / study / f"{dicom_id}.dcm")
+        (files / patient[:3] / patient / f"{study}.txt").write_text(report)
+        meta.append({"dicom_id": dicom_id, "subject_id": int(patient[1:]), "study_id": int(study[1:]),
+                     "ViewPosition": view})
+    (root / "mimic-cxr-jpg/2.0.0").mkdir(parents=True)
+    with gzip.open(root / "mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz", "wt") as f:
+        pd.DataFrame(meta).to_csv(f, index=False)
+    return images
+
+
+def test_preprocessing_a_mimic_cxr_dicom_tree_with_the_window_rule_and_a_view_filter(tmp_path):
+    images = mimic_dicom_tree(tmp_path)
+    out = tmp_path / "out"
+    argv = mimic_args(tmp_path, out, "--dicom_rule", "window", "--views", "PA,AP")
+    argv[argv.index("--chest_x_ray_path") + 1] = str(tmp_path / "mimic-cxr/2.0.0/files")
+    assert cli.main(argv) == 0
+    paths = pd.read_csv(out / "cxr_paths.csv")["Path"].tolist()
+    assert [Path(p).name for p in paths] == ["aa11.dcm", "cc33.dcm"]            # LATERAL bb22 filtered out
+    assert pd.read_csv(out / "mimic_impressions.csv")["impression"].tolist() == ["No acute process."] * 2
+    rows = read_h5(out / "cxr.h5")
+    for row, path in zip(rows, paths):
+        np.testing.assert_array_equal(row, ir.load_cxr(path, dicom_rule="window"))
+        grey = images[Path(path).stem]
+        np.testing.assert_array_equal(row, np.asarray(ir.preprocess(Image.fromarray(grey))))
+    with h5py.File(out / "cxr.h5") as f:
+        assert f[dp.H5_KEY].shape == (2, 320, 320)
+
+
+def test_a_mimic_tree_with_one_image_in_two_formats_is_refused(tmp_path, capsys):
+    mimic_dicom_tree(tmp_path)
+    study = tmp_path / "mimic-cxr/2.0.0/files/p10/p10000032/s50000001"
+    grey_jpg(study / "aa11.jpg")
+    argv = mimic_args(tmp_path, tmp_path / "out")
+    argv[argv.index("--chest_x_ray_path") + 1] = str(tmp_path / "mimic-cxr/2.0.0/files")
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "aa11.dcm and" in error and "aa11.jpg are the same image in two formats" in error
