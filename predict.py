@@ -55,6 +55,7 @@ import zero_shot as zs
 from cxr_data import DeviceTransform, default_device
 from errors import UserError
 from eval import THRESHOLD_METRICS
+from image_reader import DICOM_RULES, IMAGE_SUFFIXES, is_dicom
 from labels import CHEXPERT_EVAL_ORDER, PAIR_TEMPLATE
 from run_zero_shot import _check_device, _check_template, expand_model_paths
 
@@ -62,19 +63,8 @@ log = logging.getLogger("predict")
 
 LIST_SUFFIXES = (".txt", ".csv")
 FORMATS = ("csv", "jsonl")
-DICOM_RULES = ("mimic", "window")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_MODELS = "models/chexzero_weights"
-# Fallback until image_reader.py (the DICOM reader) lands; then its IMAGE_SUFFIXES and is_dicom.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
-
-
-def is_dicom(path: str | Path) -> bool:
-    """A file with the DICOM preamble: 128 bytes, then ``DICM``."""
-    with open(path, "rb") as f:
-        return f.read(132)[128:] == b"DICM"
-
-
 class ImageInputError(UserError, FileNotFoundError):
     """An ``--images`` entry that names no image (also a FileNotFoundError)."""
 
@@ -249,7 +239,8 @@ class Predictor:
     ``model_paths``: checkpoint files, globs or folders (:func:`run_zero_shot.expand_model_paths`),
     each with its architecture read off the file. ``labels``, ``prompts``, ``pair_template``,
     ``prompt_style``: see :func:`label_prompts`. ``device`` default :func:`cxr_data.default_device`;
-    ``precision`` default bf16 autocast on CUDA, fp32 elsewhere. ``num_workers`` decoding processes
+    ``precision`` default bf16 autocast on CUDA, fp32 elsewhere. ``dicom_rule``: how
+    DICOM pixels become grey levels (:func:`image_reader.read_image`). ``num_workers`` decoding processes
     (default one per core; 0 or 1 decodes here). Every model stays in memory (the released ViT-B/32 is
     0.6 GB in fp32): the images stream through once, each decoded once and encoded once per model.
     """
@@ -320,7 +311,8 @@ class Predictor:
 
     def _decoded(self, paths: list[str]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         tasks = [(i, path, None) for i, path in enumerate(paths)]
-        load = partial(data_process._load_task, resolution=data_process.RESOLUTION, fast_decode=False)
+        load = partial(data_process._load_task, resolution=data_process.RESOLUTION, fast_decode=False,
+                       dicom_rule=self.dicom_rule)
         return worker_pool.imap(load, tasks, self.num_workers, initializer=data_process._init_worker,
                                 what="decode worker")
 
@@ -428,7 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt_style", default="chexzero", choices=zs.PROMPT_STYLES,
                    help="chexzero: the original prompts for every label (inverts 'No Finding'); "
                         "negation_aware: labels that are negations get a correct negative")
-    p.add_argument("--dicom_rule", default="mimic", choices=DICOM_RULES, help="how DICOM pixels become grey levels")
+    p.add_argument("--dicom_rule", default="mimic", choices=DICOM_RULES,
+                   help="how DICOM pixels become grey levels: mimic (MIMIC-CXR-JPG's published conversion, what "
+                        "CheXzero trained on; default) or window (the file's own display window)")
     p.add_argument("--thresholds", default=None,
                    help="thresholds.csv from run_zero_shot.py: adds <label>_positive columns (p >= threshold)")
     p.add_argument("--threshold_metric", default="mcc", choices=THRESHOLD_METRICS,

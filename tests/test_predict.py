@@ -12,10 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 import clip
 import data_process
 import errors
+import image_reader
 import predict
 import zero_shot as zs
 from conftest import ROOT, save_clip
@@ -219,6 +222,41 @@ def test_predict_images_equals_predict_on_the_same_pixels_saved_as_png(tmp_path,
         np.testing.assert_allclose(in_memory.to_numpy(), from_files[LABELS].to_numpy(), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="2-D uint8 or uint16"):
         predictor.predict_images([np.zeros((8, 8), np.float32)])
+
+
+def write_dicom(path: Path, pixels: np.ndarray) -> str:
+    """An uncompressed 12-bit MONOCHROME2 DX file with a display window narrower than its values."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.2"
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 1800, 1200
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("dicom_rule", ["mimic", "window"])
+def test_a_dicom_is_scored_as_its_grey_image_under_the_chosen_dicom_rule(tmp_path, models, dicom_rule) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    pixels = np.random.default_rng(2).integers(0, 4096, (48, 40))
+    dcm = write_dicom(folder / "a.dcm", pixels)
+    bare = write_dicom(folder / "b", pixels)         # no extension: found by its DICM preamble
+    table = run(["--images", str(folder), "--model_paths", *models, "--dicom_rule", dicom_rule,
+                 "--out", str(tmp_path / "p.csv")])
+    assert table["path"].tolist() == [dcm, bare] and table["error"].isna().all()
+    grey = image_reader.read_image(dcm, dicom_rule)
+    predictor = predict.Predictor(models, device="cpu", num_workers=0, progress=False)
+    expected = predictor.predict_images([grey])
+    np.testing.assert_allclose(table.iloc[:, 1:-1].to_numpy(float), np.repeat(expected.to_numpy(), 2, axis=0),
+                               rtol=0, atol=1e-6)
+    other = image_reader.read_image(dcm, "window" if dicom_rule == "mimic" else "mimic")
+    assert not np.array_equal(grey, other)       # the rules really differ on this file
 
 
 def test_bf16_autocast_stays_within_1e_2_of_fp32(tmp_path, models) -> None:
