@@ -1,6 +1,9 @@
 """The whole CheXzero pipeline on the phantom dataset: the commands a user would type, in order.
 
-    python demo.py                 # full demo (3,500 phantom studies), ~8 minutes on 2 cores
+Phantom data -> preprocessing -> training -> zero-shot AUROC on the CheXpert-format test set and on
+PadChest -> predict.py on a few DICOM and JPG files, ending with each image's top findings.
+
+    python demo.py                 # full demo (3,500 phantom studies), ~9 minutes on 2 cores
     python demo.py --scale smoke   # the same sequence on a tiny set, for CI (< 2 minutes)
     python demo.py --force         # rebuild everything instead of reusing earlier outputs
 
@@ -11,6 +14,7 @@ synthetic images, not clinical performance. Results go to results/demo/ (or resu
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import subprocess
@@ -28,12 +32,26 @@ ROOT = Path(__file__).resolve().parent
 PAIR_TEMPLATE = list(SENTENCE_PAIR_TEMPLATE)
 
 # Everything that changes with the scale; the sequence of commands does not.
+# padchest_min_positives: PadChest findings with fewer positives are left out of its AUROC table. The
+# phantom set keeps ~200 of 300 images at full scale (19 findings have >= 10 positives) and 11 of 20
+# at smoke scale (3 findings have >= 2).
 SCALES = {
     "full": dict(studies=3500, test_studies=500, valid_studies=200, padchest_images=300,
-                 epochs=6, batch_size=64, val_interval=25, keep_best=5, bootstrap=1000),
+                 epochs=6, batch_size=64, val_interval=25, keep_best=5, bootstrap=1000, padchest_min_positives=10),
     "smoke": dict(studies=120, test_studies=60, valid_studies=40, padchest_images=20,
-                  epochs=2, batch_size=16, val_interval=5, keep_best=2, bootstrap=100),
+                  epochs=2, batch_size=16, val_interval=5, keep_best=2, bootstrap=100, padchest_min_positives=2),
 }
+# predict.py's inputs under the phantom root: DICOM variants (MONOCHROME1 and 2, 8 to 16 bits,
+# compressed and not), one DICOM without pixel data (to show the failed list), and 3 test JPGs.
+# `--dicom 8` writes these (and 8 MIMIC DICOMs) from its own random stream: the JPGs and CSVs, and
+# so every number before them, are the same as without it.
+PHANTOM_DICOMS = 8
+PREDICT_DICOMS = ["dicom/variants/mono2_8bit_window_jpeg_baseline.dcm",
+                  "dicom/variants/mono1_12bit_window_explicit_le.dcm",
+                  "dicom/variants/mono2_16bit_window_rescale_explicit_le.dcm",
+                  "dicom/edge_cases/no_pixel_data.dcm"]
+PREDICT_JPGS = 3
+TOP_K = 3
 
 
 def run(stage: str, cmd: list[str], outputs: list[Path], force: bool, timings: dict[str, float]) -> None:
@@ -75,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     run("1. phantom dataset (MIMIC-CXR-JPG, CheXpert and PadChest layouts)",
         [py, "-m", "phantom", "--out", str(phantom), "--studies", str(s["studies"]), "--seed", str(args.seed),
          "--test_studies", str(s["test_studies"]), "--valid_studies", str(s["valid_studies"]),
-         "--padchest_images", str(s["padchest_images"]), "--overwrite"],
-        [A(phantom / "manifest.json")], args.force, timings)
+         "--padchest_images", str(s["padchest_images"]), "--dicom", str(PHANTOM_DICOMS), "--overwrite"],
+        [A(phantom / "manifest.json"), A(phantom / PREDICT_DICOMS[0])], args.force, timings)
     run("2. preprocess MIMIC: images -> cxr.h5, reports -> impressions",
         [py, "preprocess_train_data.py", "--dataset_type", "mimic",
          "--chest_x_ray_path", str(phantom / "mimic-cxr-jpg/2.0.0/files"),
@@ -118,21 +136,63 @@ def main(argv: list[str] | None = None) -> int:
          "--val_labels_path", str(data / "chexpert_valid_labels.csv"),
          "--pair_template", *PAIR_TEMPLATE, "--bootstrap", str(s["bootstrap"]), "--out", str(out)],
         [], True, timings)
-    write_summary(out, run_dir, data, phantom, timings, args)
+    run("7. preprocess the PadChest-format set (16-bit PNGs, Physician-labelled frontal rows)",
+        [py, "preprocess_train_data.py", "--dataset_type", "padchest",
+         "--chest_x_ray_path", str(phantom / "padchest"),
+         "--cxr_out_path", str(data / "padchest.h5"), "--labels_out_path", str(data / "padchest_labels.csv"),
+         "--failed_out_path", str(data / "padchest_failed.csv")],
+        [A(data / "padchest.h5"), A(data / "padchest_labels.csv")], args.force, timings)
+    run("8. zero-shot evaluation on PadChest: every finding with enough positives",
+        [py, "run_zero_shot.py", "--dataset", "padchest", "--model_paths", str(run_dir / "best_*.pt"),
+         "--cxr_filepath", str(data / "padchest.h5"), "--labels_path", str(data / "padchest_labels.csv"),
+         "--pair_template", *PAIR_TEMPLATE, "--min_positives", str(s["padchest_min_positives"]),
+         "--bootstrap", str(s["bootstrap"]), "--out", str(out / "padchest")],
+        [], True, timings)
+    jpgs = sorted((ROOT / phantom / "chexpert-test" / "test").glob("*/study1/view1_frontal.jpg"))[:PREDICT_JPGS]
+    images = [str(phantom / name) for name in PREDICT_DICOMS]
+    images += [str(phantom / jpg.relative_to(ROOT / phantom)) for jpg in jpgs]
+    # --dicom_rule window: the phantom DICOMs are made to show the phantom under their own display
+    # window (the standard viewing rule); the MIMIC rule suits real MIMIC-CXR DICOMs.
+    run("9. predict.py: score your own images (DICOM and JPG) with the same checkpoints",
+        [py, "predict.py", "--model_paths", str(run_dir / "best_*.pt"), "--pair_template", *PAIR_TEMPLATE,
+         "--dicom_rule", "window", "--images", *images, "--out", str(out / "predictions.csv")],
+        [], True, timings)
+    top = top_findings(out / "predictions.csv", phantom)
+    write_summary(out, run_dir, data, phantom, timings, args, top)
+    padchest = json.loads((ROOT / out / "padchest" / "padchest_summary.json").read_text())
     print("\n" + (ROOT / out / "auroc.md").read_text(), flush=True)
+    print(f"PadChest: {padchest['headline']}\n\n" + (ROOT / out / "padchest" / "auroc.md").read_text(), flush=True)
+    print(f"predict.py, top {TOP_K} findings per image:\n\n{top}", flush=True)
     return 0
 
 
+def top_findings(predictions: Path, phantom: Path, k: int = TOP_K) -> str:
+    """A markdown table of each scored image's k most probable findings, and the images that failed."""
+    import pandas as pd
+
+    table = pd.read_csv(ROOT / predictions)
+    failed = pd.read_csv((ROOT / predictions).with_suffix(".failed.csv"))
+    short = lambda path: path.removeprefix(f"{phantom}/")  # noqa: E731  (path under the phantom root)
+    rows = [f"| image | top {k} findings (probability) |", "|---|---|"]
+    for _, row in table.iterrows():
+        best = row.drop("path").astype(float).nlargest(k)
+        rows.append(f"| {short(row['path'])} | " + ", ".join(f"{label} {p:.3f}" for label, p in best.items()) + " |")
+    rows += ["", f"Not scored ({len(failed)}, listed in `{predictions.with_suffix('.failed.csv').name}`):", ""]
+    rows += [f"- {short(path)}: {reason}" for path, reason in zip(failed["path"], failed["reason"])]
+    return "\n".join(rows) + "\n"
+
+
 def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: dict[str, float],
-                  args: argparse.Namespace) -> None:
+                  args: argparse.Namespace, top: str) -> None:
     """results/<name>/README.md: what ran, how long each stage took, sizes, and the caveat."""
     import pandas as pd
 
     from cxr_data import h5_rows
 
     shutil.copy(ROOT / run_dir / "loss.png", ROOT / out / "loss.png")
-    n_train, n_test, n_valid = (h5_rows(ROOT / data / name, check_range=False)
-                                for name in ("cxr.h5", "chexpert_test.h5", "chexpert_valid.h5"))
+    n_train, n_test, n_valid, n_padchest = (h5_rows(ROOT / data / name, check_range=False) for name in
+                                            ("cxr.h5", "chexpert_test.h5", "chexpert_valid.h5", "padchest.h5"))
+    padchest = json.loads((ROOT / out / "padchest" / "padchest_summary.json").read_text())
     best = sorted(p.name for p in (ROOT / run_dir).glob("best_*.pt"))
     metrics = pd.read_csv(ROOT / run_dir / "metrics.csv")
     lines = [
@@ -144,6 +204,7 @@ def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: 
         f"- training pairs (MIMIC layout, all views): {n_train} images in `{data}/cxr.h5` "
         f"({(ROOT / data / 'cxr.h5').stat().st_size / 2**20:.0f} MiB, uint8)",
         f"- CheXpert-format test set: {n_test} studies; validation: {n_valid} frontal images",
+        f"- PadChest-format set: {n_padchest} frontal images (16-bit PNGs)",
         f"- phantom root: `{phantom}` (seed {args.seed})", "",
         "## Stages and timings", "",
         "| stage | seconds |", "|---|---|",
@@ -158,6 +219,13 @@ def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: 
         (ROOT / out / "auroc.md").read_text(), "",
         "![ROC](roc.png)", "",
         "MCC and F1 at thresholds chosen on validation: `mcc_f1.csv`.", "",
+        "## Zero-shot AUROC on the PadChest-format set (bootstrap 95% CI)", "",
+        f"{padchest['headline']} (`padchest/padchest_summary.json`).", "",
+        (ROOT / out / "padchest" / "auroc.md").read_text(), "",
+        "## predict.py on DICOM and JPG files", "",
+        "`predict.py --dicom_rule window` on phantom DICOMs and CheXpert-format test JPGs "
+        "(probabilities in `predictions.csv`):", "",
+        top, "",
         "## Commands", "", "Rerun with `make demo` (or `python demo.py`); `--force` rebuilds every stage.",
     ]
     (ROOT / out / "README.md").write_text("\n".join(lines) + "\n")

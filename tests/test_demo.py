@@ -1,11 +1,14 @@
-"""The demo chain at smoke scale: phantom data -> preprocessing -> training -> zero-shot AUROC,
-through the same CLIs a user types, into a temporary folder; a second run reuses the stages."""
+"""The demo chain at smoke scale: phantom data -> preprocessing -> training -> zero-shot AUROC on
+CheXpert and PadChest -> predict.py on DICOM and JPG files, through the same CLIs a user types, into a
+temporary folder; a second run reuses the stages."""
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from conftest import run_python
-from labels import COMPETITION_LABELS
+from demo import PREDICT_DICOMS, PREDICT_JPGS
+from labels import CHEXPERT_EVAL_ORDER, COMPETITION_LABELS
 
 
 def run_demo(workdir: Path) -> str:
@@ -31,7 +34,25 @@ def test_smoke_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path) -> None:
     assert len(failed) >= 2 and len(impressions) > 100
     best = sorted((tmp_path / "checkpoints" / "smoke").glob("best_*.pt"))
     assert 1 <= len(best) <= 2
+    # PadChest: an AUROC table over the findings with enough positives, and the headline summary
+    padchest = json.loads((out / "padchest" / "padchest_summary.json").read_text())
+    assert padchest["n_findings"] >= 1 and padchest["headline"] in summary and padchest["headline"] in first
+    padchest_table = (out / "padchest" / "auroc.md").read_text()
+    assert len(pd.read_csv(out / "padchest" / "auroc.csv")) == padchest["n_findings"]
+    assert padchest_table in first and padchest_table in summary
+    # predict.py: a row per readable image (the DICOM without pixel data is in the failed list)
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["path", *CHEXPERT_EVAL_ORDER]
+    assert len(predictions) == len(PREDICT_DICOMS) - 1 + PREDICT_JPGS
+    assert predictions["path"].str.endswith(".dcm").sum() == len(PREDICT_DICOMS) - 1
+    assert predictions[CHEXPERT_EVAL_ORDER].apply(lambda p: p.between(0, 1)).all().all()
+    failed = pd.read_csv(out / "predictions.failed.csv")
+    assert list(failed["path"].str.rsplit("/", n=1).str[-1]) == ["no_pixel_data.dcm"]
+    top = first[first.index("top 3 findings per image"):]                 # the table is printed last
+    assert top.count(".dcm | ") == len(PREDICT_DICOMS) - 1 and top.count(".jpg | ") == PREDICT_JPGS
+    assert "no_pixel_data.dcm: DICOM without Pixel Data" in top
+    assert "| image | top 3 findings (probability) |" in summary
 
     second = run_demo(tmp_path)
-    assert second.count("reusing") == 5                               # only evaluation runs again
+    assert second.count("reusing") == 6                               # only evaluation and prediction run again
     assert pd.read_csv(out / "auroc.csv").equals(auroc)               # seeded: same numbers
