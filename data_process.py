@@ -128,9 +128,10 @@ def get_cxr_paths_list(filepath: str) -> pd.Series:
     return load_data(filepath)["Path"]
 
 
-def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: bool, dicom_rule: str = "mimic"
-               ) -> tuple[int, np.ndarray | None, str | None]:
-    """Worker: (index, path, bits) -> (index, pixels or None, failure reason or None)."""
+def load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: bool, dicom_rule: str = "mimic"
+              ) -> tuple[int, np.ndarray | None, str | None]:
+    """Decode worker (preprocessing and predict.py): (index, path, bits) -> (index, pixels or None,
+    failure reason or None); a file that cannot be read is a reason, never an exception."""
     index, path, bits = task
     try:
         return index, load_cxr(path, resolution, fast_decode, bits, dicom_rule), None
@@ -140,7 +141,7 @@ def _load_task(task: tuple[int, str, int | None], resolution: int, fast_decode: 
         return index, None, f"OpenCV error: {e.err or e}"
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     """One OpenCV thread per worker process: parallelism comes from the processes."""
     cv2.setNumThreads(1)
 
@@ -382,9 +383,9 @@ def _decode_into(f: h5py.File, paths: list[str], bits: list[int | None], state: 
             _save_progress(progress_path, {**state, "n_done": n_done, "n_rows": n_rows,
                                            "failed": [[x.index, x.path, x.reason] for x in failures]})
 
-    decoded = worker_pool.imap(partial(_load_task, resolution=resolution, fast_decode=fast_decode,
+    decoded = worker_pool.imap(partial(load_task, resolution=resolution, fast_decode=fast_decode,
                                        dicom_rule=dicom_rule), tasks,
-                               num_workers, initializer=_init_worker, what="decode worker")
+                               num_workers, initializer=init_worker, what="decode worker")
     with contextlib.closing(decoded) as results, \
             tqdm(total=len(paths), initial=n_done, unit="img", desc=desc, smoothing=0.1) as bar:
         for index, pixels, reason in results:

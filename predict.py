@@ -57,7 +57,7 @@ from errors import UserError
 from eval import THRESHOLD_METRICS
 from image_reader import DICOM_RULES, IMAGE_SUFFIXES, is_dicom
 from labels import CHEXPERT_EVAL_ORDER, PAIR_TEMPLATE
-from run_zero_shot import _check_device, _check_template, expand_model_paths
+from run_zero_shot import check_device, check_template, expand_model_paths
 
 log = logging.getLogger("predict")
 
@@ -311,9 +311,9 @@ class Predictor:
 
     def _decoded(self, paths: list[str]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         tasks = [(i, path, None) for i, path in enumerate(paths)]
-        load = partial(data_process._load_task, resolution=data_process.RESOLUTION, fast_decode=False,
+        load = partial(data_process.load_task, resolution=data_process.RESOLUTION, fast_decode=False,
                        dicom_rule=self.dicom_rule)
-        return worker_pool.imap(load, tasks, self.num_workers, initializer=data_process._init_worker,
+        return worker_pool.imap(load, tasks, self.num_workers, initializer=data_process.init_worker,
                                 what="decode worker")
 
     def predict(self, paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
@@ -435,9 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bf16: autocast (the default on CUDA); fp32: the default elsewhere")
     args = p.parse_args(argv)
     for template in args.pair_template:
-        _check_template(p, template)
+        check_template(p, template)
     if args.device is not None:
-        _check_device(p, args.device)
+        check_device(p, args.device)
     if args.format is None:
         args.format = "jsonl" if args.out.lower().endswith(".jsonl") else "csv"
     return args

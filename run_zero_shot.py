@@ -50,7 +50,7 @@ class LabelSelectionError(UserError, ValueError):
     """No label is left to evaluate (a ValueError, as before)."""
 
 
-def _check_template(p: argparse.ArgumentParser, template: str) -> None:
+def check_template(p: argparse.ArgumentParser, template: str) -> None:
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
         template.format("label")
@@ -61,7 +61,7 @@ def _check_template(p: argparse.ArgumentParser, template: str) -> None:
                 "braces), e.g. --pair_template '{}' 'no {}'")
 
 
-def _check_device(p: argparse.ArgumentParser, name: str) -> None:
+def check_device(p: argparse.ArgumentParser, name: str) -> None:
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -111,9 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.val_cxr_filepath is None) != (args.val_labels_path is None):
         p.error("--val_cxr_filepath and --val_labels_path go together")
     for template in args.pair_template:
-        _check_template(p, template)
+        check_template(p, template)
     if args.device is not None:
-        _check_device(p, args.device)
+        check_device(p, args.device)
     if args.min_positives is None:
         args.min_positives = 50 if args.dataset == "padchest" else 0
     return args

@@ -14,7 +14,7 @@ Then, interleaved A B C A B C ... for --reps repetitions, with the same batch si
 - C: the h5 path of zero_shot.ensemble_models: raw_loader (uint8 batches) + DeviceTransform +
   image_features, then the same pair probabilities.
 
-Also measured once: the decode-only rate (data_process._load_task in worker_pool.imap, as predict
+Also measured once: the decode-only rate (data_process.load_task in worker_pool.imap, as predict
 runs it), the model-only rate on decoded 320 px pixels (Predictor.score_pixels), the model's
 forward FLOPs per image (torch.utils.flop_counter; a multiply-add counts 2) and the fp32 rate of a
 square matmul on this machine, to say how far the model runs from the hardware's limit.
@@ -81,10 +81,10 @@ def h5_rate(predictor: Predictor, h5_path: str, n: int, batch_size: int, workers
 
 def decode_rate(paths: list[str], workers: int) -> float:
     """img/s of load_cxr (read + resize-and-pad to 320) in predict's worker pool, nothing else."""
-    load = partial(dp._load_task, resolution=dp.RESOLUTION, fast_decode=False, dicom_rule="mimic")
+    load = partial(dp.load_task, resolution=dp.RESOLUTION, fast_decode=False, dicom_rule="mimic")
     start = time.perf_counter()
     results = list(worker_pool.imap(load, [(i, p, None) for i, p in enumerate(paths)], workers,
-                                    initializer=dp._init_worker, what="decode worker"))
+                                    initializer=dp.init_worker, what="decode worker"))
     seconds = time.perf_counter() - start
     assert all(pixels is not None for _, pixels, _ in results)
     return len(paths) / seconds

@@ -358,14 +358,14 @@ def test_a_failed_call_removes_its_partial_files_unless_images_were_saved(tmp_pa
     paths, _ = mimic_tree(tmp_path / "data", 5)
     ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
     dp.img_to_hdf5(paths, str(ref), num_workers=1)
-    real = dp._load_task
+    real = dp.load_task
 
     def fails_at_3(task, *args, **kwargs):
         if task[0] == 3:
             raise stop("stopped at image 3")
         return real(task, *args, **kwargs)
 
-    monkeypatch.setattr(dp, "_load_task", fails_at_3)
+    monkeypatch.setattr(dp, "load_task", fails_at_3)
     with pytest.raises(stop):                                   # before the first commit
         dp.img_to_hdf5(paths, str(out), num_workers=1, chunk_images=256)
     assert leftovers(tmp_path) == []
