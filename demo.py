@@ -3,7 +3,7 @@
 Phantom data -> preprocessing -> training -> zero-shot AUROC on the CheXpert-format test set and on
 PadChest -> predict.py on a few DICOM and JPG files, ending with each image's top findings.
 
-    python demo.py                 # full demo (3,500 phantom studies), ~9 minutes on 2 cores
+    python demo.py                 # full demo (3,500 phantom studies), 6-9 minutes on 2 cores
     python demo.py --scale smoke   # the same sequence on a tiny set, for CI (< 2 minutes)
     python demo.py --force         # rebuild everything instead of reusing earlier outputs
 
