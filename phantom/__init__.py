@@ -18,9 +18,10 @@ Reading guide (each module uses only the ones above it):
   canvas    anatomy, pose and the film in body coordinates; primitives both views share;
   frontal   the frontal view: one function per anatomical structure, per finding, per device;
   lateral   the lateral view, the same way;
-  images    a study's radiograph in either view; image files written by a process pool;
+  images    a study's radiograph in either view (and its findings' regions); image files written by a process pool;
   dicom     DICOM copies of the phantoms whose display is known to the grey level (--dicom);
-  writers   the dataset layouts, their edge cases and the manifest; generate() writes it all;
+  writers   the dataset layouts, their edge cases, the CheXpert sets' region files (segmentations.py) and
+            the manifest; generate() writes it all;
   checks    the learnability check and the contact sheet;
   __main__  the command line.
 

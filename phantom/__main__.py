@@ -18,12 +18,25 @@ LAYOUT = """layout written under --out:
   mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-{metadata,split,chexpert}.csv.gz
   mimic-cxr/2.0.0/files/pXX/pXXXXXXXX/sXXXXXXXX.txt            (reports)
   chexpert-test/groundtruth.csv
+  chexpert-test/gt_segmentations.json                            (regions of the drawn findings, below)
   chexpert-test/test/patientNNNNN/study1/view1_frontal.jpg      (+ some view2_lateral.jpg)
   chexpert/CheXpert-v1.0-small/valid.csv
+  chexpert/CheXpert-v1.0-small/gt_segmentations_valid.json
   chexpert/CheXpert-v1.0-small/valid/patientNNNNN/study1/*.jpg
   padchest/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv
   padchest/<ImageDir>/<ImageID>                                  (16-bit PNG, 12-bit values)
   manifest.json                                                  (seed, counts, edge cases)
+gt_segmentations*.json (segmentations.py; CheXlocalize's gt_segmentations_{val,test}.json layout): one JSON
+  object, one image per line, {image key: {CheXpert label: mask}} for every image, frontal and lateral, that
+  shows a drawn finding (images without one are absent; No Finding has no mask). The key is the image path's
+  patient, study and file stem joined by "_": patient64741_study1_view1_frontal. The mask, at the file's own
+  pixel size, is COCO's uncompressed RLE {"size": [height, width], "counts": [...]}: run lengths down the
+  columns (Fortran order), starting with a run of zeros (pycocotools.mask.frPyObjects reads it). A painted
+  finding's mask: the pixels its drawing changed by at least 2% of the display window (about 5 grey levels
+  of 255, before gamma), against the film as it was before it (one painted over an earlier finding's
+  opacity may show less, and an empty mask is left out); Cardiomegaly: the heart; Enlarged Cardiomediastinum
+  (frontal): the mediastinum from the apices to the left dome; Fracture: where the break moves the rib.
+  Drawn at 224 px, then resized to the file size like the image (bilinear) and thresholded at 0.5.
 with --dicom [N] (phantom/dicom.py), also:
   mimic-cxr/2.0.0/files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm   (the first N undamaged MIMIC JPGs)
   mimic-cxr/2.0.0/cxr-record-list.csv.gz                          (subject_id, study_id, dicom_id, path)

@@ -22,6 +22,10 @@ from .labels import Finding
 RIGHT, LEFT = -1, +1  # the patient's side as a sign of u (patient right = image left)
 SIDES = {"right": (RIGHT,), "left": (LEFT,), "bilateral": (RIGHT, LEFT)}
 ZONES = {"upper": (0.0, 0.42), "middle": (0.38, 0.7), "lower": (0.62, 1.05)}  # fractions of lung height
+#: How much a finding must change a pixel to count as part of its region (segmentations.py): this
+#: fraction of the display window (Pose.high - Pose.low), before gamma and clipping; 0.02 is about
+#: 5 of 255 grey levels, the size of a faint but visible edge.
+VISIBLE_CHANGE = 0.02
 
 
 @dataclass
@@ -118,7 +122,9 @@ def smooth_curve(points: list[tuple[float, float]], rounds: int = 3) -> np.ndarr
 class Canvas:
     """The film: body coordinates (u, v) of every pixel, and the layers whose sum is the
     attenuation image: soft tissue, lung air (a 0..1 fraction that opacities reduce), vessels,
-    bone and metal."""
+    bone and metal. ``parts`` keeps where the structures that findings change lie (0..1, inside
+    from 0.5): the heart, the mediastinum and a rib fracture, the regions of Cardiomegaly,
+    Enlarged Cardiomediastinum and Fracture."""
 
     def __init__(self, shape: tuple[int, int], pose: Pose, lung_height: float):
         self.shape, self.pose, self.lh = shape, pose, lung_height
@@ -131,6 +137,7 @@ class Canvas:
         self.lung: dict[int, np.ndarray] = {}
         self.geometry: dict[int, dict[str, np.ndarray | float]] = {}
         self.heart = (0.0, 0.0, 0.0, 0.0)
+        self.parts: dict[str, np.ndarray] = {}
 
     def pixels(self, points: np.ndarray) -> np.ndarray:
         """Body coordinates -> fixed-point pixel coordinates for OpenCV (shift=4)."""
@@ -169,12 +176,19 @@ class Canvas:
         small = rng.standard_normal((max(2, cells * h // w), cells)).astype(np.float32)
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
+    def attenuation(self) -> np.ndarray:
+        """The sum of the layers: what the window turns into grey levels."""
+        return self.soft - 0.27 * self.air + 0.13 * self.vessels * self.air + self.bone + self.metal
+
+    def visible(self, change: np.ndarray) -> np.ndarray:
+        """Where a change of attenuation shows: at least VISIBLE_CHANGE of the display window."""
+        return np.abs(change) >= VISIBLE_CHANGE * (self.pose.high - self.pose.low)
+
     def expose(self, rng: np.random.Generator) -> np.ndarray:
         """The radiograph in 0..1 (bone white, air black): attenuation through a window, gamma,
         heel effect and quantum noise."""
         p = self.pose
-        attenuation = self.soft - 0.27 * self.air + 0.13 * self.vessels * self.air + self.bone + self.metal
-        image = np.clip((attenuation - p.low) / (p.high - p.low), 0.0, 1.0) ** p.gamma
+        image = np.clip((self.attenuation() - p.low) / (p.high - p.low), 0.0, 1.0) ** p.gamma
         image *= 1.0 + p.heel * (self.v / self.lh - 0.5)
         image += p.noise * rng.standard_normal(self.shape, dtype=np.float32)
         return np.clip(image, 0.0, 1.0)

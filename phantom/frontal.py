@@ -39,12 +39,14 @@ def lungs(c: Canvas, a: Anatomy) -> None:
 
 
 def mediastinum(c: Canvas, a: Anatomy) -> None:
-    """Upper mediastinum between the lungs, with the aortic knob bulging to the patient's left."""
+    """Upper mediastinum between the lungs, with the aortic knob bulging to the patient's left.
+    Its part between the apices and the left dome is the Enlarged Cardiomediastinum region."""
     uc = c.u - a.shift
     widening = 1.0 + 0.6 * np.clip(c.v / c.lh - 0.25, 0.0, 0.4)
     knob = a.aortic_knob * np.exp(-((c.v - 0.2 * c.lh) / (0.07 * c.lh)) ** 2)
     half = np.where(uc > 0, a.mediastinum * widening + knob, 0.85 * a.mediastinum * widening)
     mask = ramp(half - np.abs(uc), 0.03)
+    c.parts["mediastinum"] = mask * ((c.v >= 0.0) & (c.v <= c.geometry[LEFT]["dome"]))
     c.air *= 1.0 - mask
     c.soft += 0.05 * mask
 
@@ -52,7 +54,7 @@ def mediastinum(c: Canvas, a: Anatomy) -> None:
 def heart(c: Canvas, a: Anatomy) -> None:
     """The cardiac silhouette: a tilted ellipse, two-thirds left of the midline, its apex
     pointing down and to the left, resting on the left hemidiaphragm. Its horizontal extent over
-    the thoracic width is the cardiothoracic ratio."""
+    the thoracic width is the cardiothoracic ratio; the whole ellipse is the Cardiomegaly region."""
     tilt = math.radians(32.0)
     ratio = a.heart_aspect
     major = a.ctr / math.sqrt(math.cos(tilt) ** 2 + (ratio * math.sin(tilt)) ** 2)
@@ -65,6 +67,7 @@ def heart(c: Canvas, a: Anatomy) -> None:
     r = np.sqrt((along / major) ** 2 + (across / (ratio * major)) ** 2)
     mask = ramp(1.0 - r, 0.02 / (ratio * major))
     c.heart = (center_u, center_v, a.ctr, vertical)
+    c.parts["heart"] = mask
     c.air *= 1.0 - mask
     c.soft += 0.06 * mask * ramp(center_v + 0.3 * vertical - c.v, 0.05 * c.lh)
 
@@ -105,12 +108,12 @@ def spine(c: Canvas, a: Anatomy) -> None:
     c.bone += 0.07 * ramp(0.085 - np.abs(c.u), 0.02) * discs * ramp(c.v + 0.4 * c.lh, 0.1)
 
 
-def ribs(c: Canvas, a: Anatomy) -> None:
-    """Posterior ribs arching down and out from the spine (brighter), anterior ribs running down
-    and in (fainter). A fracture interrupts one posterior rib and steps its lateral end down."""
+def posterior_ribs(c: Canvas, a: Anatomy, broken: bool) -> np.ndarray:
+    """0..1 bands of the posterior ribs arching down and out from the spine; ``broken``: with the
+    anatomy's fracture (one rib interrupted, its lateral end stepped down)."""
     x = np.abs(c.u)
     w = c.v - 0.26 * c.lh * np.clip(x, 0.0, 1.1) ** 1.7
-    if a.rib_fracture is not None:
+    if broken:
         side, rib, at, step = a.rib_fracture
         on_rib = np.abs(w - a.rib_phase - (rib + 0.25) * a.rib_spacing) < 0.6 * a.rib_spacing
         lateral_part = (np.sign(c.u) == side) & (x > at) & on_rib
@@ -119,10 +122,21 @@ def ribs(c: Canvas, a: Anatomy) -> None:
     phase = index - np.floor(index)
     band = ramp(0.2 - np.abs(phase - 0.2), 0.08) * (index >= 0) * (index < 10)
     band *= ramp(x - 0.07, 0.03) * ramp(1.1 - x, 0.05) * ramp(1.08 * c.lh - c.v, 0.1 * c.lh)
-    if a.rib_fracture is not None:
+    if broken:
         side, rib, at, step = a.rib_fracture
         gap = (np.sign(c.u) == side) & (np.floor(index) == rib) & (np.abs(x - at) < 0.012 + 0.02 * step)
         band *= 1.0 - gap
+    return band
+
+
+def ribs(c: Canvas, a: Anatomy) -> None:
+    """Posterior ribs (brighter; a fracture breaks one) and anterior ribs running down and in
+    (fainter). Where the break visibly changes the posterior ribs is the Fracture region."""
+    band = posterior_ribs(c, a, a.rib_fracture is not None)
+    if a.rib_fracture is not None:
+        change = 0.085 * (band - posterior_ribs(c, a, False)) * (0.6 + 0.4 * c.air)
+        c.parts["fracture"] = c.visible(change).astype(np.float32)
+    x = np.abs(c.u)
     w2 = c.v - 0.3 * c.lh * (1.0 - np.clip(x, 0.0, 1.0))
     index2 = (w2 - a.rib_phase - 0.3 * c.lh) / (1.15 * a.rib_spacing)
     phase2 = index2 - np.floor(index2)

@@ -40,7 +40,8 @@ def lateral_lungs(c: Canvas, a: Anatomy) -> None:
 
 def lateral_heart(c: Canvas, a: Anatomy) -> None:
     """The heart in the anterior-inferior chest against the lower sternum, its long axis tilted
-    down and forwards; it grows backwards over the retrocardiac space when enlarged."""
+    down and forwards; it grows backwards over the retrocardiac space when enlarged. The whole
+    ellipse is the Cardiomegaly region."""
     grow = a.ctr / 0.45
     depth = a.ap_depth
     major, minor = 0.62 * depth * grow, 0.13 * c.lh * grow ** 0.5
@@ -51,6 +52,7 @@ def lateral_heart(c: Canvas, a: Anatomy) -> None:
     across = -du * math.sin(tilt) + dv * math.cos(tilt)
     mask = ramp(1.0 - np.sqrt((along / major) ** 2 + (across / minor) ** 2), 0.03 / minor)
     c.heart = (center[0], center[1], major, minor)
+    c.parts["heart"] = mask
     c.air *= 1.0 - mask
     c.soft += 0.04 * mask
 

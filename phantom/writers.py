@@ -1,7 +1,8 @@
 """Writers: the phantom root in the real on-disk layouts of MIMIC-CXR(-JPG) and its reports,
-the CheXpert test and valid sets and PadChest, with their seeded edge cases (damaged images,
-reports without IMPRESSION, NOTIFICATION before IMPRESSION, missing label rows) and the
-manifest that lists them. `generate` writes everything.
+the CheXpert test and valid sets (with the ground-truth regions of their findings, CheXlocalize's
+way: segmentations.py) and PadChest, with their seeded edge cases (damaged images, reports without
+IMPRESSION, NOTIFICATION before IMPRESSION, missing label rows) and the manifest that lists them.
+`generate` writes everything.
 
 Each writer plans its files with its own named random streams (streams.STREAMS), writes the
 text files itself and returns the image jobs, which images.write_images then draws in parallel.
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import UserError
+from segmentations import segmentation_key, write_segmentations
 
 from . import streams
 from .dicom import write_dicom_root
@@ -331,7 +333,7 @@ def write_chexpert_test(out: Path, n: int, seed: int) -> list[ImageJob]:
             size = MIMIC_SIZES[int(rng.integers(len(MIMIC_SIZES)))]
             jobs.append(ImageJob(str(root / "test" / patient / "study1" / f"{name}.jpg"), view, findings, female,
                                  streams.stream_key(seed, "chexpert_test_patient", i),
-                                 streams.stream_key(seed, "chexpert_test_image", i, j), size))
+                                 streams.stream_key(seed, "chexpert_test_image", i, j), size, regions=True))
     root.mkdir(parents=True, exist_ok=True)
     (root / "groundtruth.csv").write_text(csv_text(["Study"] + CHEXPERT_ORDER, rows, trailing_newline=False))
     return jobs
@@ -358,10 +360,21 @@ def write_chexpert_valid(out: Path, n: int, seed: int) -> list[ImageJob]:
             size = (320, int(rng.choice([369, 390, 413]))) if frontal else (int(rng.choice([369, 390])), 320)
             jobs.append(ImageJob(str(out / "chexpert" / path), view, findings, female,
                                  streams.stream_key(seed, "chexpert_valid_patient", i),
-                                 streams.stream_key(seed, "chexpert_valid_image", i, j), size))
+                                 streams.stream_key(seed, "chexpert_valid_image", i, j), size, regions=True))
     root.mkdir(parents=True, exist_ok=True)
     (root / "valid.csv").write_text(csv_text(VALID_COLUMNS, rows))
     return jobs
+
+
+#: The region files, beside their set's label CSV (CheXlocalize's gt_segmentations_{test,val}.json).
+TEST_SEGMENTATIONS = Path("chexpert-test", "gt_segmentations.json")
+VALID_SEGMENTATIONS = Path("chexpert", "CheXpert-v1.0-small", "gt_segmentations_valid.json")
+
+
+def write_chexpert_segmentations(path: Path, jobs: list[ImageJob], regions: dict[str, dict | None]) -> None:
+    """One set's region file from the regions write_images returned (by image path): image key ->
+    {label: RLE} for each of the set's images with a drawn region (images without one are left out)."""
+    write_segmentations(path, {segmentation_key(job.path): regions[job.path] for job in jobs if regions[job.path]})
 
 
 # ---- PadChest --------------------------------------------------------------------------------
@@ -487,7 +500,9 @@ def generate(out: str | Path, studies: int = 2000, seed: int = 0, test_studies: 
     padchest_jobs, padchest = write_padchest(out, padchest_images, seed)
     jobs = mimic_jobs + test_jobs + valid_jobs + padchest_jobs
     workers = workers or os.cpu_count() or 1
-    write_images(jobs, workers)
+    regions = dict(zip((job.path for job in jobs), write_images(jobs, workers)))
+    write_chexpert_segmentations(out / TEST_SEGMENTATIONS, test_jobs, regions)
+    write_chexpert_segmentations(out / VALID_SEGMENTATIONS, valid_jobs, regions)
     if dicom is not None:
         manifest["dicom"] = write_dicom_root(out, mimic_jobs, seed, dicom, workers, MIMIC_JPG, MIMIC_REPORTS)
     manifest["counts"].update(padchest.pop("counts"))
