@@ -12,7 +12,9 @@ at the image file's own pixel size, in COCO's *uncompressed* run-length encoding
 (:func:`rle_encode`): ``{"size": [height, width], "counts": [zeros, ones, zeros, ...]}``, runs
 taken down the columns (column-major, Fortran order) and starting with a run of zeros (0 when
 the first pixel is set), as ``pycocotools.mask.frPyObjects`` reads it. An image without any
-region, and a label without one, is simply absent.
+region, and a label without one, is simply absent. CheXlocalize's own files hold the same runs in
+COCO's *compressed* string form (``"counts": "<ascii>"``, pycocotools' ``encode``); every reader
+here accepts both, so the real ``gt_segmentations_test.json`` scores the same way as the phantoms'.
 
 :func:`model_masks` turns the regions of one label into masks on the model's input grid (the
 h5 images of preprocessing), so mask pixel (y, x) lies over h5 pixel (y, x).
@@ -49,11 +51,57 @@ def rle_encode(mask: np.ndarray) -> dict:
     return {"size": list(mask.shape), "counts": ([0] + counts) if flat[0] else counts}
 
 
+def counts_to_string(counts: Sequence[int]) -> str:
+    """COCO's compressed form of RLE counts (pycocotools' ``rleToString``): from the fourth run on,
+    each count is stored as its difference from the count two runs before, and every number is
+    written in 5-bit groups, least significant first, as characters from '0' (48) on, bit 0x20
+    meaning "another group follows" and bit 0x10 of the last group carrying the sign."""
+    chars = []
+    for i, count in enumerate(counts):
+        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
+        while True:
+            group, x = x & 0x1F, x >> 5
+            more = x != -1 if group & 0x10 else x != 0
+            chars.append(chr(48 + (group | (0x20 if more else 0))))
+            if not more:
+                break
+    return "".join(chars)
+
+
+def counts_from_string(text: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (the inverse of :func:`counts_to_string`)."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        x, shift, more = 0, 0, True
+        while more:
+            if position == len(text):
+                raise ValueError("the compressed RLE string ends inside a number")
+            group = ord(text[position]) - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"character {text[position]!r} is not part of a compressed RLE")
+            x |= (group & 0x1F) << shift
+            more, position, shift = bool(group & 0x20), position + 1, shift + 5
+            if not more and group & 0x10:
+                x |= -1 << shift
+        counts.append(x + (counts[-2] if len(counts) > 2 else 0))
+    return counts
+
+
+def _counts(rle: Mapping) -> object:
+    """The run lengths of an RLE, decompressing CheXlocalize's string form."""
+    return counts_from_string(rle["counts"]) if isinstance(rle["counts"], str) else rle["counts"]
+
+
 def rle_problem(rle: object) -> str:
-    """Why ``rle`` is not a valid uncompressed COCO RLE, in a few words ("" when it is one)."""
+    """Why ``rle`` is not a valid COCO RLE (uncompressed or compressed), in a few words ("" when it is one)."""
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-        return 'not an uncompressed RLE ({"size": [height, width], "counts": [...]})'
-    size, counts = np.asarray(rle["size"]), np.asarray(rle["counts"])
+        return 'not a COCO RLE ({"size": [height, width], "counts": [...] or "..."})'
+    try:
+        counts = np.asarray(_counts(rle))
+    except ValueError as e:
+        return f"RLE counts: {e}"
+    size = np.asarray(rle["size"])
     if size.shape != (2,) or size.dtype.kind not in "iu" or (size < 0).any():
         return f"RLE size {rle['size']!r} is not [height, width]"
     if counts.ndim != 1 or (counts.size and counts.dtype.kind not in "iu") or (counts < 0).any():
@@ -64,14 +112,15 @@ def rle_problem(rle: object) -> str:
 
 
 def rle_decode(rle: Mapping) -> np.ndarray:
-    """The bool (height, width) mask of an uncompressed COCO RLE; UserError for an invalid one
-    (:func:`rle_problem`)."""
+    """The bool (height, width) mask of a COCO RLE, uncompressed or compressed; UserError for an
+    invalid one (:func:`rle_problem`)."""
     problem = rle_problem(rle)
     if problem:
         raise UserError(problem)
-    values = np.arange(len(rle["counts"])) % 2 == 1
+    counts = np.asarray(_counts(rle), dtype=np.int64)
+    values = np.arange(len(counts)) % 2 == 1
     height, width = (int(x) for x in rle["size"])
-    return np.repeat(values, np.asarray(rle["counts"], dtype=np.int64)).reshape((height, width), order="F")
+    return np.repeat(values, counts).reshape((height, width), order="F")
 
 
 def segmentation_key(image_path: str | os.PathLike) -> str:

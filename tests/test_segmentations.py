@@ -16,7 +16,15 @@ from image_reader import load_cxr
 from phantom.canvas import ANATOMY_CHANGES, LEFT, RIGHT, Canvas, anatomy_with, sample_anatomy, sample_pose
 from phantom.frontal import draw_frontal_anatomy
 from phantom.images import ANATOMY_REGIONS, render
-from segmentations import model_masks, read_segmentations, rle_decode, rle_encode, segmentation_key
+from segmentations import (
+    counts_from_string,
+    counts_to_string,
+    model_masks,
+    read_segmentations,
+    rle_decode,
+    rle_encode,
+    segmentation_key,
+)
 
 # phantom_root (conftest.py): a small phantom root, 40 CheXpert test and 15 valid studies, seed 0.
 TEST_FILE = "chexpert-test/gt_segmentations.json"
@@ -58,6 +66,33 @@ def test_pycocotools_reads_the_rle_as_written():
         ours = coco.frPyObjects(rle_encode(mask), *shape)
         assert (coco.decode(ours) == mask).all()
         assert ours["counts"] == coco.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+
+
+def test_compressed_rle_strings_as_chexlocalize_stores_them_decode_to_the_same_mask():
+    rng = np.random.default_rng(8)
+    for shape in [(1, 1), (5, 9), (64, 48), (300, 200)]:
+        mask = rng.random(shape) < rng.uniform(0.05, 0.95)
+        rle = rle_encode(mask)
+        text = counts_to_string(rle["counts"])
+        assert counts_from_string(text) == rle["counts"]
+        assert (rle_decode({"size": list(shape), "counts": text}) == mask).all()
+    big = np.zeros((2000, 2000), dtype=bool)
+    big[700:1500, 300:1800] = True                        # runs far above 2**5, and a shrinking delta
+    assert (rle_decode({"size": [2000, 2000], "counts": counts_to_string(rle_encode(big)["counts"])}) == big).all()
+
+
+def test_our_compressed_strings_equal_pycocotools_encode():
+    coco = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(9)
+    for shape in [(3, 3), (40, 33), (256, 256)]:
+        mask = rng.random(shape) < 0.3
+        ours = counts_to_string(rle_encode(mask)["counts"])
+        assert ours == coco.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+
+
+def test_a_broken_compressed_string_is_a_one_line_error():
+    with pytest.raises(UserError, match="ends inside a number"):
+        rle_decode({"size": [2, 2], "counts": "1" + chr(48 + 0x20)})
 
 
 def test_rle_decode_refuses_counts_that_do_not_fill_the_mask():
