@@ -10,6 +10,10 @@ sklearn calls.
 Threshold selection (`choose_thresholds`) and the thresholded bootstrap (`binary_metric_bootstrap`)
 implement what the original `metrics.py` intended (thresholds chosen on a validation set, applied
 frozen to the test set), with a seeded, reproducible bootstrap.
+
+Calibration metrics (`expected_calibration_error` with equal-width or equal-mass bins, Brier score,
+`calibration_bootstrap` with the same replicates, `plot_reliability`) measure how far probabilities
+are from observed frequencies, before and after `calibration.py`'s maps.
 """
 import logging
 import warnings
@@ -406,6 +410,171 @@ def binary_metric_bootstrap(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequ
 
 
 # ---------------------------------------------------------------------------------------------
+# Calibration: expected calibration error, Brier score, reliability diagram
+# ---------------------------------------------------------------------------------------------
+
+CALIBRATION_METRICS = ("ece_width", "ece_mass", "brier")
+ECE_STRATEGIES = ("width", "mass")
+_CALIBRATION_CHUNK = 1 << 22   # (distinct probabilities x replicates) cells per step, to bound memory
+
+
+def _check_probabilities(y_prob: np.ndarray) -> None:
+    if not ((y_prob >= 0) & (y_prob <= 1)).all():
+        raise ValueError("calibration metrics need probabilities within 0..1 (no NaN)")
+
+
+def _binned_abs_sum(gap: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+    """Per replicate (column), the sum over bins of |sum of `gap` in the bin|; `bins` as `gap` or (U, 1)."""
+    n_replicates = gap.shape[1]
+    flat = (np.broadcast_to(bins, gap.shape) + n_bins * np.arange(n_replicates)).ravel()
+    sums = np.bincount(flat, weights=gap.ravel(), minlength=n_bins * n_replicates)
+    return np.abs(sums.reshape(n_replicates, n_bins)).sum(axis=1)
+
+
+def _replicate_calibration(y_prob: np.ndarray, positive: np.ndarray, counts: np.ndarray,
+                           n_bins: int) -> Dict[str, np.ndarray]:
+    """ECE (equal-width and equal-mass bins) and Brier score of one label in every replicate.
+
+    Replicates are item multiplicities (`counts`, items x replicates, each column summing to n).
+    ECE = sum over bins of |sum(y) - sum(p)| / n: each bin's |observed frequency - mean probability|
+    weighted by its share of the draws; empty bins count 0.
+    - equal width: bin b holds p in [b/n_bins, (b+1)/n_bins), the last bin also p = 1.
+    - equal mass: a probability with k of the replicate's n draws strictly below it goes to bin
+      floor(k * n_bins / n), so each bin holds n/n_bins draws, except that equal probabilities (ties,
+      and an item drawn more than once) always share a bin.
+    Brier = sum((p - y)^2) / n. Computed per distinct probability, in chunks of replicates.
+    """
+    n = len(y_prob)
+    values, group = np.unique(y_prob, return_inverse=True)     # distinct probabilities, ascending
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(len(values)))
+    width_bins = np.clip(np.floor(values * n_bins).astype(np.int64), 0, n_bins - 1)[:, None]
+    squared_error = (y_prob - positive) ** 2
+    result = {metric: np.empty(counts.shape[1]) for metric in CALIBRATION_METRICS}
+    step = max(1, _CALIBRATION_CHUNK // len(values))
+    for first in range(0, counts.shape[1], step):
+        chunk = counts[:, first:first + step]
+        sorted_chunk = chunk[order]
+        drawn = np.add.reduceat(sorted_chunk, starts, axis=0, dtype=np.int64)
+        hits = np.add.reduceat(sorted_chunk * positive[order, None], starts, axis=0, dtype=np.int64)
+        gap = hits - values[:, None] * drawn                  # sum(y) - sum(p) per value and replicate
+        # values not drawn in a replicate (gap 0) can sit above all n draws: keep them in the last bin
+        mass_bins = np.minimum((np.cumsum(drawn, axis=0) - drawn) * n_bins // n, n_bins - 1)
+        columns = slice(first, first + chunk.shape[1])
+        result["ece_width"][columns] = _binned_abs_sum(gap, width_bins, n_bins) / n
+        result["ece_mass"][columns] = _binned_abs_sum(gap, mass_bins, n_bins) / n
+        result["brier"][columns] = squared_error @ chunk / n
+    return result
+
+
+def expected_calibration_error(y_prob: np.ndarray, y_true: np.ndarray, n_bins: int = 10,
+                               strategy: str = "width") -> float:
+    """ECE of one label's probabilities: bins of equal width ('width') or equal mass ('mass').
+
+    Sum over bins of (bin share of the images) x |observed frequency - mean probability|; see
+    `_replicate_calibration` for the bin rules (equal-mass bins keep equal probabilities together).
+    """
+    if strategy not in ECE_STRATEGIES:
+        raise ValueError(f"strategy must be one of {ECE_STRATEGIES}, got {strategy!r}")
+    y_prob, positive = np.asarray(y_prob, dtype=np.float64), np.asarray(y_true) == 1
+    _check_probabilities(y_prob)
+    ones = np.ones((len(y_prob), 1), dtype=np.int32)
+    return float(_replicate_calibration(y_prob, positive, ones, n_bins)[f"ece_{strategy}"][0])
+
+
+def calibration_bootstrap(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str], n_bins: int = 10,
+                          n_samples: int = 1000, label_idx_map: Optional[Mapping[str, int]] = None
+                          ) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Bootstrap ECE (equal width, equal mass) and Brier score: (boot_stats, cis).
+
+    Replicate i draws the images of `sklearn.utils.resample(random_state=i)`, as `bootstrap`, and
+    its metrics are those of the drawn sample (bins re-formed on it). Columns `<label>_<metric>` for
+    metric in `CALIBRATION_METRICS`, plus `Mean_<metric>` (mean over the 5 competition labels) when
+    all 5 are among `labels`; cis is `compute_cis(boot_stats)`.
+    """
+    boot_stats = _calibration_replicates(y_pred, y_true, labels, _resample_counts(len(y_true), n_samples),
+                                         n_bins, label_idx_map)
+    return boot_stats, compute_cis(boot_stats)
+
+
+def _calibration_replicates(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str], counts: np.ndarray,
+                            n_bins: int = 10, label_idx_map: Optional[Mapping[str, int]] = None) -> pd.DataFrame:
+    """`calibration_bootstrap`'s replicate table for given draws (`counts`: items x replicates)."""
+    y_pred, y_true = np.asarray(y_pred, dtype=np.float64), np.asarray(y_true)
+    _check_inputs(y_pred, y_true, labels)
+    _check_probabilities(y_pred)
+    columns = {}
+    for i, label in enumerate(labels):
+        positive = _true_column(y_true, labels, i, label_idx_map) == 1
+        for metric, values in _replicate_calibration(y_pred[:, i], positive, counts, n_bins).items():
+            columns[f"{label}_{metric}"] = values
+    if all(label in labels for label in COMPETITION_LABELS):
+        for metric in CALIBRATION_METRICS:
+            columns[f"Mean_{metric}"] = np.mean([columns[f"{label}_{metric}"] for label in COMPETITION_LABELS],
+                                                axis=0)
+    return pd.DataFrame(columns)
+
+
+def calibration_metrics(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str], n_bins: int = 10,
+                        label_idx_map: Optional[Mapping[str, int]] = None) -> pd.DataFrame:
+    """ECE (equal width, equal mass) and Brier score on the whole sample, as a 1-row DataFrame with
+    `calibration_bootstrap`'s columns. Report these with the bootstrap's bounds: the bootstrap *mean*
+    of an ECE sits above the full-sample value, since resampling noise only ever adds to a bin's gap."""
+    ones = np.ones((len(np.asarray(y_true)), 1), dtype=np.int32)
+    return _calibration_replicates(y_pred, y_true, labels, ones, n_bins, label_idx_map)
+
+
+def reliability_curve(y_prob: np.ndarray, y_true: np.ndarray, n_bins: int = 10
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean probability, observed frequency, images) per non-empty equal-width bin, ascending."""
+    y_prob, positive = np.asarray(y_prob, dtype=np.float64), np.asarray(y_true) == 1
+    _check_probabilities(y_prob)
+    bins = np.clip(np.floor(y_prob * n_bins).astype(np.int64), 0, n_bins - 1)
+    sizes = np.bincount(bins, minlength=n_bins)
+    used = sizes > 0
+    mean_prob = np.bincount(bins, weights=y_prob, minlength=n_bins)[used] / sizes[used]
+    observed = np.bincount(bins, weights=positive, minlength=n_bins)[used] / sizes[used]
+    return mean_prob, observed, sizes[used]
+
+
+def plot_reliability(y_pred_before: np.ndarray, y_pred_after: np.ndarray, y_true: np.ndarray,
+                     labels: Sequence[str], out_path: Union[str, Path], n_bins: int = 10,
+                     plot_labels: Optional[Sequence[str]] = None,
+                     label_idx_map: Optional[Mapping[str, int]] = None) -> Path:
+    """Save one PNG of reliability diagrams, a panel per label of `plot_labels` (default: all).
+
+    Each panel shows the observed frequency against the mean probability in `n_bins` equal-width
+    bins (marker area ~ images in the bin), before and after calibration, with each curve's ECE in
+    the legend; the diagonal is perfect calibration. Agg canvas, no pyplot state.
+    """
+    y_true = np.asarray(y_true)
+    shown = list(plot_labels if plot_labels is not None else labels)
+    n_cols = min(3, len(shown))
+    n_rows = -(-len(shown) // n_cols)
+    figure = Figure(figsize=(4 * n_cols, 4 * n_rows))
+    FigureCanvasAgg(figure)
+    for k, label in enumerate(shown):
+        i = list(labels).index(label)
+        truth = _true_column(y_true, labels, i, label_idx_map)
+        axes = figure.add_subplot(n_rows, n_cols, k + 1)
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        for name, y_pred, marker in (("uncalibrated", y_pred_before, "o"), ("calibrated", y_pred_after, "s")):
+            column = np.asarray(y_pred, dtype=np.float64)[:, i]
+            mean_prob, observed, sizes = reliability_curve(column, truth, n_bins)
+            ece = expected_calibration_error(column, truth, n_bins)
+            line, = axes.plot(mean_prob, observed, label=f"{name} ECE {ece:.3f}")
+            axes.scatter(mean_prob, observed, s=200 * sizes / len(truth) + 4, marker=marker, color=line.get_color())
+        axes.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="Mean predicted probability",
+                 ylabel="Observed frequency", title=f"{label} ({int(truth.sum())} of {len(truth)} positive)")
+        axes.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_path, dpi=120)
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------------
 # Reporting helpers
 # ---------------------------------------------------------------------------------------------
 
@@ -464,3 +633,82 @@ def plot_roc_curves(y_pred: np.ndarray, y_true: np.ndarray, labels: Sequence[str
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_path, dpi=150, bbox_inches="tight")
     return out_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Localisation: where-maps against ground-truth regions (CheXlocalize's hit rate and IoU)
+# ---------------------------------------------------------------------------------------------
+
+def _check_maps(maps: np.ndarray, masks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(N, H*W) float maps and bool masks; refuses shapes that differ, NaN maps and empty regions."""
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    if maps.ndim == 2:
+        maps = np.broadcast_to(maps, masks.shape)   # one map (a prior) for every image
+    if maps.shape != masks.shape or masks.ndim != 3:
+        raise ValueError(f"maps {maps.shape} and masks {masks.shape} must both be (N, H, W)")
+    if np.isnan(maps).any():
+        raise ValueError("maps hold NaN")
+    flat_masks = masks.reshape(len(masks), -1)
+    empty = np.flatnonzero(~flat_masks.any(axis=1))
+    if len(empty):
+        raise ValueError(f"{len(empty)} of {len(masks)} masks are empty (first: row {empty[0]}); localisation is "
+                         "scored on images that show the finding only")
+    return maps.reshape(len(maps), -1), flat_masks
+
+
+def pointing_hits(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Pointing game: 1.0 where the map's maximum lies inside the image's region, else 0.0, per image.
+
+    ``maps`` (N, H, W) or one (H, W) map for all; ``masks`` (N, H, W) bool, none empty. A tie for
+    the maximum is resolved to the first pixel in row-major order (``np.argmax``), so a constant map
+    points at the top-left corner rather than being credited everywhere.
+    """
+    maps, masks = _check_maps(maps, masks)
+    return masks[np.arange(len(masks)), maps.argmax(axis=1)].astype(np.float64)
+
+
+def iou_at_threshold(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per image, the IoU of the map's region with the ground truth.
+
+    The map's region is where the map, min-max normalised per image to [0, 1] (CheXlocalize
+    normalises saliency the same way), is at least ``threshold``. A constant map has no contrast and
+    so no region (IoU 0).
+    """
+    maps, masks = _check_maps(maps, masks)
+    low, high = maps.min(axis=1, keepdims=True), maps.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        region = ((maps - low) / (high - low) >= threshold) & (high > low)
+    union = (region | masks).sum(axis=1)
+    return (region & masks).sum(axis=1) / union
+
+
+def prior_map(masks: np.ndarray) -> np.ndarray:
+    """The prior baseline: the mean of training (or validation) regions of a label, (H, W) float64.
+
+    It knows where a finding usually is, but nothing about the image at hand; a where-map is worth
+    looking at only where it beats this."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or not len(masks):
+        raise ValueError(f"prior_map needs (N, H, W) masks with N >= 1, got shape {masks.shape}")
+    return masks.mean(axis=0)
+
+
+def random_maps(n: int, shape: Tuple[int, int], seed: int = 0) -> np.ndarray:
+    """The chance baseline: (n, H, W) float32 maps of independent uniform noise (seeded)."""
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+def localisation_bootstrap(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5, n_samples: int = 1000
+                           ) -> pd.DataFrame:
+    """Pointing-game hit rate and mean IoU over images showing the finding, with bootstrap CIs.
+
+    Returns ``compute_cis`` of the replicate means (index mean/lower/upper, columns ``pointing`` and
+    ``iou``), replicate i drawing the same images as ``sklearn.utils.resample(random_state=i)`` (the
+    AUROC bootstrap's replicates), plus a row ``full``: the value on all images.
+    """
+    scores = np.stack([pointing_hits(maps, masks), iou_at_threshold(maps, masks, threshold)], axis=1)
+    counts = _resample_counts(len(scores), n_samples).astype(np.float64)
+    replicates = pd.DataFrame(counts.T @ scores / len(scores), columns=["pointing", "iou"])
+    table = compute_cis(replicates)
+    table.loc["full"] = scores.mean(axis=0)
+    return table

@@ -12,6 +12,14 @@ roc.png; with validation data, thresholds.csv (per label, maximising MCC, F1 and
 validation) and mcc_f1.csv (test MCC and F1 at the frozen thresholds, bootstrap CIs); for PadChest,
 padchest_summary.json (findings with AUROC > 0.9 and >= 0.7).
 
+With validation data the probabilities are also calibrated (calibration.py; --calibration_method
+platt, the default, or isotonic): a per-label map fitted on the validation predictions (the ones the
+thresholds use), applied frozen to test. Outputs: calibration.json (the maps, for predict.py
+--calibration), <dataset>_preds_calibrated.csv, calibration.csv (per label ECE with 10 equal-width and
+10 equal-mass bins and Brier score, before and after: the whole test set's value, and the bootstrap
+mean [2.5%, 97.5%]; the full-sample AUROC before and after), calibration.png (reliability diagrams), and ECE and Brier columns in auroc.md.
+The AUROC table itself is always that of the uncalibrated ensemble.
+
 Inputs are checked before any model runs: the h5 files (key 'cxr', shape, 0..255 grey levels), the
 label CSVs (row-aligned with their h5, the label columns present and holding only 0/1: blanks, NaN
 and -1 "uncertain" are refused with the counts per column), the checkpoint paths and the flags. A
@@ -30,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import calibration as cal
 import errors
 import eval as ev
 import zero_shot as zs
@@ -95,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val_cxr_filepath", default=None, help="validation images for the thresholds")
     p.add_argument("--val_labels_path", default=None,
                    help="validation labels (CheXpert valid format: Path + observations), row-aligned")
+    p.add_argument("--calibration_method", default=None, choices=cal.METHODS,
+                   help="calibration fitted on the validation data: platt (default; keeps AUROC) or isotonic "
+                        "(more flexible; its ties can change AUROC slightly)")
     p.add_argument("--bootstrap", type=errors.int_at_least(40, " (the 2.5% bound needs one replicate below it)"),
                    default=1000, help="bootstrap replicates (>= 40; default 1000)")
     p.add_argument("--min_positives", type=errors.non_negative_int, default=None,
@@ -110,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.val_cxr_filepath is None) != (args.val_labels_path is None):
         p.error("--val_cxr_filepath and --val_labels_path go together")
+    if args.calibration_method is not None and args.val_cxr_filepath is None:
+        p.error("--calibration_method: calibration is fitted on validation data; add --val_cxr_filepath and "
+                "--val_labels_path")
+    args.calibration_method = args.calibration_method or "platt"
     for template in args.pair_template:
         check_template(p, template)
     if args.device is not None:
@@ -199,27 +215,53 @@ def auroc_table(y_pred: np.ndarray, y_true: np.ndarray, labels: list[str], n_boo
     return table, cis
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """The AUROC table as Markdown: label, positives, AUROC (bootstrap mean) [95% CI]."""
-    lines = ["| Label | Positives | AUROC [95% CI] |", "|---|---:|---|"]
+CALIBRATION_COLUMNS = (("ece_width", "ECE"), ("brier", "Brier"))   # shown in auroc.md, before and after
+
+
+def markdown(table: pd.DataFrame, calibration: pd.DataFrame | None = None) -> str:
+    """The AUROC table as Markdown: label, positives, AUROC (bootstrap mean) [95% CI]; with
+    ``calibration`` (:func:`calibration_table`) also ECE (10 equal-width bins) and Brier score before
+    and after calibration: the whole test set's value [bootstrap 95% CI]. Not the bootstrap mean, as for
+    AUROC: resampling noise only adds to an ECE's per-bin gaps, so its bootstrap mean is biased upward."""
+    header, rule = "| Label | Positives | AUROC [95% CI] |", "|---|---:|---|"
+    if calibration is not None:
+        header += "".join(f" {name} {stage} |" for _, name in CALIBRATION_COLUMNS for stage in ("before", "after"))
+        rule += "---|" * 2 * len(CALIBRATION_COLUMNS)
+    lines = [header, rule]
     for label, row in table.iterrows():
         positives = "" if pd.isna(row["positives"]) else f"{int(row['positives'])}"
-        lines.append(f"| {label} | {positives} | {row['mean']:.4f} [{row['lower']:.4f}, {row['upper']:.4f}] |")
+        line = f"| {label} | {positives} | {row['mean']:.4f} [{row['lower']:.4f}, {row['upper']:.4f}] |"
+        if calibration is not None:
+            for metric, _ in CALIBRATION_COLUMNS:
+                for stage in ("before", "after"):
+                    mean, lower, upper = (calibration.loc[label, f"{metric}_{stage}_{bound}"]
+                                          for bound in ("full", "lower", "upper"))
+                    line += f" {mean:.3f} [{lower:.3f}, {upper:.3f}] |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def thresholded_metrics(args: argparse.Namespace, model_paths: list[str], labels: list[str], y_pred: np.ndarray,
-                        y_true: np.ndarray, out: Path, y_true_val: np.ndarray | None = None) -> None:
-    """Thresholds chosen on validation (MCC, F1, Youden), frozen, then test MCC and F1 with bootstrap CIs.
-
-    ``y_true_val``: the validation labels when already read (:func:`main` reads and checks them
-    before any model runs)."""
-    if y_true_val is None:
-        y_true_val = zs.make_true_labels(args.val_labels_path, labels, cxr_filepath=args.val_cxr_filepath)
-    _, y_pred_val = zs.ensemble_models(
+def validation_predictions(args: argparse.Namespace, model_paths: list[str], labels: list[str],
+                           out: Path) -> np.ndarray:
+    """The ensemble's validation probabilities (cached under ``out/cached`` with the prefix ``val``)."""
+    return zs.ensemble_models(
         model_paths, args.val_cxr_filepath, labels, args.pair_template, cache_dir=out / "cached", save_name="val",
         prompt_style=args.prompt_style, context_length=args.context_length, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device)
+        num_workers=args.num_workers, device=args.device)[1]
+
+
+def thresholded_metrics(args: argparse.Namespace, model_paths: list[str], labels: list[str], y_pred: np.ndarray,
+                        y_true: np.ndarray, out: Path, y_true_val: np.ndarray | None = None,
+                        y_pred_val: np.ndarray | None = None) -> None:
+    """Thresholds chosen on validation (MCC, F1, Youden), frozen, then test MCC and F1 with bootstrap CIs.
+
+    ``y_true_val``, ``y_pred_val``: the validation labels and predictions when already at hand
+    (:func:`main` reads and checks the labels before any model runs, and predicts validation once
+    for the thresholds and the calibration)."""
+    if y_true_val is None:
+        y_true_val = zs.make_true_labels(args.val_labels_path, labels, cxr_filepath=args.val_cxr_filepath)
+    if y_pred_val is None:
+        y_pred_val = validation_predictions(args, model_paths, labels, out)
     thresholds = pd.concat([ev.choose_thresholds(y_pred_val, y_true_val, labels, metric)
                             for metric in ev.THRESHOLD_METRICS], axis=1)
     thresholds.index.name = "label"
@@ -234,6 +276,55 @@ def thresholded_metrics(args: argparse.Namespace, model_paths: list[str], labels
     table.index.name = "label"
     table.to_csv(out / "mcc_f1.csv")
     log.info("Test MCC and F1 at thresholds chosen on validation:\n%s", table.to_string())
+
+
+def calibration_table(y_pred: np.ndarray, calibrated: np.ndarray, y_true: np.ndarray, labels: list[str],
+                      n_bootstrap: int) -> pd.DataFrame:
+    """Per label: full-sample AUROC before and after calibration, and ECE (10 equal-width bins, 10
+    equal-mass bins) and Brier score before and after: on the whole test set (``full``), and the
+    bootstrap mean, lower, upper (the AUROC bootstrap's replicates). A last row holds the 5 competition labels' mean when all 5 are present."""
+    rows = {label: label for label in labels}
+    if all(label in labels for label in COMPETITION_LABELS):
+        rows["Mean (5 competition)"] = "Mean"
+    columns = {}
+    for stage, values in (("before", y_pred), ("after", calibrated)):
+        auroc = ev.evaluate(values, y_true, labels).iloc[0].rename(lambda c: c[: -len("_auc")])
+        auroc["Mean"] = auroc[COMPETITION_LABELS].mean() if "Mean" in rows.values() else np.nan
+        columns[f"auroc_{stage}"] = [auroc[key] for key in rows.values()]
+    cis = {stage: pd.concat([ev.calibration_bootstrap(values, y_true, labels, n_samples=n_bootstrap)[1],
+                             ev.calibration_metrics(values, y_true, labels).set_axis(["full"])])
+           for stage, values in (("before", y_pred), ("after", calibrated))}
+    for metric in ev.CALIBRATION_METRICS:
+        for stage in ("before", "after"):
+            for bound in ("full", "mean", "lower", "upper"):
+                columns[f"{metric}_{stage}_{bound}"] = [cis[stage].loc[bound, f"{key}_{metric}"]
+                                                        for key in rows.values()]
+    return pd.DataFrame(columns, index=pd.Index(list(rows), name="label"))
+
+
+def calibrate(args: argparse.Namespace, model_paths: list[str], labels: list[str], keys: pd.DataFrame,
+              y_pred: np.ndarray, y_true: np.ndarray, y_pred_val: np.ndarray, y_true_val: np.ndarray, out: Path,
+              plotted: list[str]) -> pd.DataFrame:
+    """Fit --calibration_method on the validation predictions, apply it frozen to test, and write
+    calibration.json, <dataset>_preds_calibrated.csv, calibration.csv (:func:`calibration_table`,
+    returned) and calibration.png (reliability diagrams of ``plotted``)."""
+    prompts = cal.prompt_table(labels, *zs.prompt_texts(labels, args.pair_template, args.prompt_style))
+    calibration = cal.fit_calibration(
+        y_pred_val, y_true_val, labels, args.calibration_method, prompts=prompts,
+        info={"pair_template": list(args.pair_template), "prompt_style": args.prompt_style,
+              "models": [Path(p).name for p in model_paths]})
+    cal.write_calibration(calibration, out / "calibration.json")
+    calibrated = cal.apply_calibration(y_pred, labels, calibration)
+    pd.concat([keys, pd.DataFrame(calibrated, columns=labels)], axis=1).to_csv(
+        out / f"{args.dataset}_preds_calibrated.csv", index=False)
+    table = calibration_table(y_pred, calibrated, y_true, labels, args.bootstrap)
+    table.to_csv(out / "calibration.csv")
+    ev.plot_reliability(y_pred, calibrated, y_true, labels, out / "calibration.png", plot_labels=plotted)
+    means = table[[f"{m}_{s}_mean" for m in ev.CALIBRATION_METRICS for s in ("before", "after")]]
+    log.info("Calibration (%s, fitted on %d validation images), test bootstrap means before and after: ECE with 10 "
+             "equal-width and 10 equal-mass bins, Brier score:\n%s", args.calibration_method, len(y_pred_val),
+             means.rename(columns=lambda c: c[: -len("_mean")]).to_string(float_format="%.4f"))
+    return table
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -272,7 +363,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     results, cis = auroc_table(y_pred, y_true, labels, args.bootstrap)
     results.to_csv(out / "auroc.csv")
-    (out / "auroc.md").write_text(markdown(results))
     plotted = [label for label in COMPETITION_LABELS if label in labels]
     if not plotted:  # PadChest spells labels its own way: plot its 5 most frequent
         plotted = list(results.loc[labels, "positives"].nlargest(5).index)
@@ -283,11 +373,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                                         args.min_positives)
         (out / "padchest_summary.json").write_text(json.dumps(summary, indent=1))
         log.info("PadChest: %s", summary["headline"])
+    calibration = None
     if args.val_cxr_filepath is not None:
-        thresholded_metrics(args, model_paths, labels, y_pred, y_true, out, y_true_val)
+        y_pred_val = validation_predictions(args, model_paths, labels, out)
+        thresholded_metrics(args, model_paths, labels, y_pred, y_true, out, y_true_val, y_pred_val)
+        calibration = calibrate(args, model_paths, labels, keys, y_pred, y_true, y_pred_val, y_true_val, out,
+                                plotted)
+    (out / "auroc.md").write_text(markdown(results, calibration))
 
     log.info("Zero-shot AUROC, %d-model ensemble, bootstrap mean [95%% CI] (%s prompts):\n%s",
-             len(model_paths), args.prompt_style, markdown(results))
+             len(model_paths), args.prompt_style, markdown(results, calibration))
     log.info("Outputs in %s", out)
     return results
 
