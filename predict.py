@@ -21,9 +21,26 @@ the current folder, as in preprocessing's path CSVs. Paths are normalised (``sca
 Outputs: ``--out`` (CSV ``path,<label>,...`` or, with ``--format jsonl``/a .jsonl name, one JSON
 object per line) with a row per scored image, plus ``<label>_positive`` 0/1 columns with
 ``--thresholds`` (``p >= threshold``, from run_zero_shot.py's thresholds.csv; blank where the
-file has no threshold). ``<out stem>.failed.csv`` (``path,reason``) lists every input that could
-not be read; the rest are scored. Nothing scored, or a user error (a missing input, a bad flag or
-file): one line on stderr and a non-zero exit.
+file has no threshold). With ``--calibration calibration.json`` (written by run_zero_shot.py from
+validation data; calibration.py) each ``<label>`` column is the calibrated probability, the raw
+zero-shot probability stays in ``<label>_raw``, and ``<label>_positive`` still compares the raw
+probability with the threshold, the scale on which run_zero_shot.py chose it (for Platt maps that is
+the same as comparing the calibrated probability with the mapped threshold). A calibration file
+that lacks a scored label, or was fitted with other prompts, is refused. ``<out stem>.failed.csv``
+(``path,reason``) lists every input that could not be read; the rest are scored. Nothing scored,
+or a user error (a missing input, a bad flag or file): one line on stderr and a non-zero exit.
+
+Where-maps (``--maps DIR``, :mod:`maps`): for each scored image and each label (``--map_labels``,
+default all) a map of where the label's score s+ - s- comes from, over the 320 x 320 padded image
+the model scored (map pixel (y, x) over image pixel (y, x)). ``--map_method patch`` (default) scores
+each image token of the last layer against the label's prompts in one pass; ``occlusion`` measures
+the score's drop when a 64-px square is greyed out (81 passes per image). An ensemble's map is the
+mean of the models' maps. Files, ``<name>`` being the image's file stem, with as many of its folders
+as it takes to be unique (``patient64741_study1_view1_frontal``): ``DIR/<name>_<label slug>.png``,
+the image with the map over it (red: pushes towards the label, blue: away; the maximum marked;
+label, raw probability and method in the title), and ``DIR/<name>.npz`` with ``maps`` (C, 320, 320)
+float16, ``probabilities``, ``labels`` and ``method``; ``DIR/maps.csv`` pairs each path with its
+name. Unreadable images get no maps.
 
 Under ``torchrun`` each process scores every WORLD_SIZE-th image on its own device (gloo on CPUs,
 nccl on GPUs) and rank 0 writes one output in input order, the same file as one process.
@@ -48,8 +65,10 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
+import calibration as cal
 import data_process
 import errors
+import maps as where_maps
 import worker_pool
 import zero_shot as zs
 from cxr_data import DeviceTransform, default_device
@@ -202,14 +221,18 @@ def read_thresholds(path: str | Path, labels: Sequence[str], metric: str = "mcc"
 
 
 def positive_columns(probabilities: pd.DataFrame, thresholds: pd.Series) -> pd.DataFrame:
-    """``<label>_positive``: 1 where ``p >= threshold``, else 0; empty (NA) where the threshold is NaN."""
+    """``<label>_positive``: 1 where ``p >= threshold``, else 0; empty (NA) where the threshold is NaN.
+
+    ``p`` is the raw probability, ``<label>_raw`` when the table has it (calibrated tables), the scale
+    run_zero_shot.py chose the thresholds on."""
     columns = {}
     for label, threshold in thresholds.items():
         if np.isnan(threshold):
             log.warning("%s: the thresholds file has no threshold; %s_positive is left empty", label, label)
             columns[f"{label}_positive"] = pd.Series(pd.NA, index=probabilities.index, dtype="Int64")
         else:
-            columns[f"{label}_positive"] = (probabilities[label] >= threshold).astype("Int64")
+            raw = probabilities.get(f"{label}_raw", probabilities[label])
+            columns[f"{label}_positive"] = (raw >= threshold).astype("Int64")
     return pd.DataFrame(columns, index=probabilities.index)
 
 
@@ -243,13 +266,17 @@ class Predictor:
     DICOM pixels become grey levels (:func:`image_reader.read_image`). ``num_workers`` decoding processes
     (default one per core; 0 or 1 decodes here). Every model stays in memory (the released ViT-B/32 is
     0.6 GB in fp32): the images stream through once, each decoded once and encoded once per model.
+    ``calibration``: a calibration.json path or its dict (:mod:`calibration`), checked to cover the
+    labels with the same prompts before any model loads; the label columns are then calibrated
+    probabilities and ``<label>_raw`` the raw ones.
     """
 
     def __init__(self, model_paths: str | Path | Sequence[str | Path], labels: Sequence[str] | None = None,
                  prompts: Mapping | str | Path | None = None, device: torch.device | str | None = None,
                  pair_template: Sequence[str] = PAIR_TEMPLATE, prompt_style: str = "chexzero",
                  dicom_rule: str = "mimic", batch_size: int = 64, num_workers: int | None = None,
-                 precision: str | None = None, progress: bool = True) -> None:
+                 precision: str | None = None, progress: bool = True,
+                 calibration: Mapping | str | Path | None = None) -> None:
         if isinstance(prompts, (str, Path)):
             prompts = read_prompts(prompts)
         if dicom_rule not in DICOM_RULES:
@@ -257,6 +284,16 @@ class Predictor:
         self.labels, positives, negatives = label_prompts(labels, prompts, pair_template, prompt_style)
         self.model_paths = expand_model_paths([str(p) for p in (
             [model_paths] if isinstance(model_paths, (str, Path)) else model_paths)])
+        self.calibration = None
+        if calibration is not None:
+            used = cal.prompt_table(self.labels, positives, negatives)
+            self.calibration = (cal.read_calibration(calibration, self.labels, used)
+                                if isinstance(calibration, (str, Path))
+                                else cal.check_calibration(calibration, "calibration", self.labels, used))
+            fitted_with = sorted(self.calibration.get("models", []))
+            if fitted_with and fitted_with != sorted(Path(p).name for p in self.model_paths):
+                log.warning("the calibration was fitted on the predictions of %s, not of these checkpoints: its "
+                            "probabilities are calibrated for those", ", ".join(fitted_with))
         self.device = torch.device(device) if device is not None else default_device()
         precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
         if precision not in PRECISIONS:
@@ -316,16 +353,26 @@ class Predictor:
         return worker_pool.imap(load, tasks, self.num_workers, initializer=data_process.init_worker,
                                 what="decode worker")
 
+    def _columns(self, probabilities: np.ndarray) -> pd.DataFrame:
+        """A column per label: the probabilities, or with a calibration the calibrated ones followed
+        by the raw ones as ``<label>_raw``."""
+        raw = pd.DataFrame(probabilities, columns=self.labels)
+        if self.calibration is None:
+            return raw
+        calibrated = cal.apply_calibration(probabilities, self.labels, self.calibration)
+        return pd.concat([pd.DataFrame(calibrated, columns=self.labels), raw.add_suffix("_raw")], axis=1)
+
     def predict(self, paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         """One row per image file (each path once, first-seen order): ``path``, a probability column
-        per label, and ``error``: why the file could not be read (its probabilities NaN), else None."""
+        per label (with a calibration: calibrated, then ``<label>_raw``), and ``error``: why the file
+        could not be read (its probabilities NaN), else None."""
         paths = list(dict.fromkeys(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)))
         with contextlib.closing(self._decoded(paths)) as decoded:
             probabilities, reasons = self._score(len(paths), decoded)
         for path, reason in zip(paths, reasons):
             if reason is not None:
                 log.warning("%s: not scored: %s", path, reason)
-        table = pd.DataFrame(probabilities, columns=self.labels)
+        table = self._columns(probabilities)
         table.insert(0, "path", paths)
         table["error"] = reasons
         return table
@@ -336,7 +383,76 @@ class Predictor:
         pixels in a file."""
         pixels = [to_pixels(image) for image in images]
         probabilities, _ = self._score(len(pixels), ((i, p, None) for i, p in enumerate(pixels)))
-        return pd.DataFrame(probabilities, columns=self.labels)
+        return self._columns(probabilities)
+
+    def map_labels(self, labels: Sequence[str] | None) -> list[str]:
+        """The labels to map: ``labels`` (each one of this predictor's) or, for None, all of them."""
+        chosen = list(self.labels) if labels is None else list(labels)
+        unknown = [label for label in chosen if label not in self.labels]
+        if unknown or not chosen:
+            raise UserError(f"map labels {unknown or chosen}: name one or more of the scored labels {self.labels} "
+                            "(--map_labels must be among --labels)")
+        return chosen
+
+    def iter_maps(self, images: str | Path | Sequence[str | Path | np.ndarray | Image.Image], method: str = "patch",
+                  labels: Sequence[str] | None = None, occlusion: where_maps.Occlusion = where_maps.Occlusion()
+                  ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, np.ndarray | None, str | None]]:
+        """Where-maps (:mod:`maps`) of image files and in-memory images, computed in batches and yielded one
+        image at a time as (input index, its 320 x 320 uint8 pixels, maps (C, 320, 320) float32 over those
+        pixels, raw ensemble probabilities (C,), None); an unreadable file yields (index, None, None,
+        None, reason). In-memory images come first, then files in input order. ``labels``: see
+        :meth:`map_labels`; ``method``: ``patch`` or ``occlusion``."""
+        if method not in where_maps.MAP_METHODS:
+            raise ValueError(f"method must be one of {where_maps.MAP_METHODS}, got {method!r}")
+        items = [images] if isinstance(images, (str, Path)) else list(images)
+        chosen = [self.labels.index(label) for label in self.map_labels(labels)]
+        columns = chosen + [len(self.labels) + i for i in chosen]
+        weights = [w[:, columns] for w in self.weights]
+        files = [(i, str(item)) for i, item in enumerate(items) if isinstance(item, (str, Path))]
+
+        def decoded() -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+            yield from ((i, to_pixels(item), None) for i, item in enumerate(items) if not isinstance(item, (str, Path)))
+            with contextlib.closing(self._decoded([path for _, path in files])) as stream:
+                yield from ((files[j][0], pixels, reason) for j, pixels, reason in stream)
+
+        def mapped(batch: list[tuple[int, np.ndarray]]) -> Iterator[tuple]:
+            pixels = torch.from_numpy(np.stack([p for _, p in batch])).to(self.device)
+            with self._autocast():
+                heat, probabilities = where_maps.ensemble_maps(self.models, weights, pixels, method,
+                                                               occlusion=occlusion)
+            bar.update(len(batch))
+            yield from ((i, p, h, q, None) for (i, p), h, q in zip(batch, heat, probabilities))
+
+        batch: list[tuple[int, np.ndarray]] = []
+        with tqdm(total=len(items), unit="img", desc=f"{method} maps", disable=not self.progress) as bar:
+            for index, pixels, reason in decoded():
+                if pixels is None:
+                    log.warning("%s: no map: %s", items[index], reason)
+                    bar.update(1)
+                    yield index, None, None, None, reason
+                    continue
+                batch.append((index, pixels))
+                if len(batch) == min(self.batch_size, where_maps.MAP_BATCH):
+                    yield from mapped(batch)
+                    batch = []
+            if batch:
+                yield from mapped(batch)
+
+    def maps(self, images: str | Path | Sequence[str | Path | np.ndarray | Image.Image], method: str = "patch",
+             labels: Sequence[str] | None = None, occlusion: where_maps.Occlusion = where_maps.Occlusion()
+             ) -> where_maps.WhereMaps:
+        """:meth:`iter_maps` collected in input order: (N, C, 320, 320) float32 maps (NaN for an unreadable
+        file; 400 kB per image and label, so iterate for many images) and (N, C) probabilities."""
+        items = [images] if isinstance(images, (str, Path)) else list(images)
+        chosen = self.map_labels(labels)
+        shape = (len(items), len(chosen), data_process.RESOLUTION, data_process.RESOLUTION)
+        result = where_maps.WhereMaps(chosen, method, np.full(shape, np.nan, np.float32),
+                                      np.full(shape[:2], np.nan, np.float32), [None] * len(items))
+        for index, _, heat, probabilities, reason in self.iter_maps(items, method, chosen, occlusion):
+            if reason is None:
+                result.maps[index], result.probabilities[index] = heat, probabilities
+            result.errors[index] = reason
+        return result
 
 
 # --------------------------------------------------------------------------- processes
@@ -399,6 +515,29 @@ def write_outputs(table: pd.DataFrame, out: Path, fmt: str, thresholds: pd.Serie
     return scored
 
 
+def write_maps(predictor: Predictor, table: pd.DataFrame, folder: Path, method: str,
+               labels: Sequence[str] | None = None, rank: int = 0, world: int = 1) -> int:
+    """Write the where-maps of every ``world``-th scored image of ``table`` (:meth:`Predictor.predict`'s,
+    all inputs in input order) from ``rank`` into ``folder``: ``<name>_<label slug>.png`` overlays and
+    ``<name>.npz`` (:func:`maps.write_image_maps`), ``<name>`` from :func:`maps.image_names` (the file
+    stem, with folders where stems repeat). Rank 0 also writes ``maps.csv`` (``path,name``). Returns the
+    number of images mapped."""
+    names = dict(zip(table["path"], where_maps.image_names(table["path"].tolist())))
+    scored = table.loc[table["error"].isna(), "path"].tolist()
+    chosen = predictor.map_labels(labels)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(folder / "maps.csv", lambda p: pd.DataFrame(
+            {"path": scored, "name": [names[path] for path in scored]}).to_csv(p, index=False))
+    mine = scored[rank::world]
+    done = 0
+    for index, pixels, heat, probabilities, _ in predictor.iter_maps(mine, method, chosen):
+        if pixels is not None:
+            where_maps.write_image_maps(folder, names[mine[index]], pixels, heat, probabilities, chosen, method)
+            done += 1
+    return done
+
+
 # --------------------------------------------------------------------------- the CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -427,13 +566,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="thresholds.csv from run_zero_shot.py: adds <label>_positive columns (p >= threshold)")
     p.add_argument("--threshold_metric", default="mcc", choices=THRESHOLD_METRICS,
                    help="which of the file's thresholds (default: mcc)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration.json from run_zero_shot.py: the label columns become calibrated "
+                        "probabilities, the raw ones move to <label>_raw (thresholds still apply to those)")
     p.add_argument("--batch_size", type=errors.positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--num_workers", type=errors.non_negative_int, default=None,
                    help="decoding processes (default: one per core; 0 decodes in this process)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="bf16: autocast (the default on CUDA); fp32: the default elsewhere")
+    p.add_argument("--maps", default=None, metavar="DIR",
+                   help="also write where-maps into DIR: per image <name>_<label>.png overlays and <name>.npz "
+                        "(maps (C, 320, 320) float16 over the 320-px padded image, probabilities, labels); "
+                        "DIR/maps.csv pairs each path with its name")
+    p.add_argument("--map_method", default=None, choices=where_maps.MAP_METHODS,
+                   help="patch: each image token scored against the label's prompts (one pass, default); "
+                        "occlusion: the score's drop when a 64-px square is greyed out (81 passes per image)")
+    p.add_argument("--map_labels", nargs="+", default=None,
+                   help="labels to map (default: every scored label); each must be one of the scored labels")
     args = p.parse_args(argv)
+    if args.maps is None and (args.map_method is not None or args.map_labels is not None):
+        p.error("--map_method and --map_labels need --maps DIR")
+    args.map_method = args.map_method or "patch"
     for template in args.pair_template:
         check_template(p, template)
     if args.device is not None:
@@ -461,7 +615,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.num_workers is None:   # the machine's cores shared by the processes
         args.num_workers = max(1, (os.cpu_count() or 1) // world)
     predictor = Predictor(args.model_paths, labels, prompts, device, args.pair_template, args.prompt_style,
-                          args.dicom_rule, args.batch_size, args.num_workers, args.precision, progress=rank == 0)
+                          args.dicom_rule, args.batch_size, args.num_workers, args.precision, progress=rank == 0,
+                          calibration=args.calibration)
+    if args.maps is not None:
+        predictor.map_labels(args.map_labels)   # refuse a label that is not scored before any image is
     start = time.perf_counter()
     table = predict_sharded(predictor, paths, rank, world)
     seconds = time.perf_counter() - start
@@ -474,6 +631,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                  len(table) / max(seconds, 1e-9), out)
     elif n_failed == len(table):
         raise UserError("no image could be scored (rank 0 lists the failures)")
+    if args.maps is not None:
+        start = time.perf_counter()
+        mapped = write_maps(predictor, table, Path(args.maps), args.map_method, args.map_labels, rank, world)
+        log.info("wrote %s maps of %d images in %.1f s (%.2f s per image) into %s", args.map_method, mapped,
+                 time.perf_counter() - start, (time.perf_counter() - start) / max(mapped, 1), args.maps)
     if world > 1:
         dist.destroy_process_group()
     return table
