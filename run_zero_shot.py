@@ -17,7 +17,8 @@ platt, the default, or isotonic): a per-label map fitted on the validation predi
 thresholds use), applied frozen to test. Outputs: calibration.json (the maps, for predict.py
 --calibration), <dataset>_preds_calibrated.csv, calibration.csv (per label ECE with 10 equal-width and
 10 equal-mass bins and Brier score, before and after: the whole test set's value, and the bootstrap
-mean [2.5%, 97.5%]; the full-sample AUROC before and after), calibration.png (reliability diagrams), and ECE and Brier columns in auroc.md.
+mean [2.5%, 97.5%]; the full-sample AUROC before and after), calibration.png (reliability diagrams),
+and ECE and Brier columns in auroc.md.
 The AUROC table itself is always that of the uncalibrated ensemble.
 
 Inputs are checked before any model runs: the h5 files (key 'cxr', shape, 0..255 grey levels), the
@@ -282,7 +283,8 @@ def calibration_table(y_pred: np.ndarray, calibrated: np.ndarray, y_true: np.nda
                       n_bootstrap: int) -> pd.DataFrame:
     """Per label: full-sample AUROC before and after calibration, and ECE (10 equal-width bins, 10
     equal-mass bins) and Brier score before and after: on the whole test set (``full``), and the
-    bootstrap mean, lower, upper (the AUROC bootstrap's replicates). A last row holds the 5 competition labels' mean when all 5 are present."""
+    bootstrap mean, lower, upper (the AUROC bootstrap's replicates). A last row holds the 5
+    competition labels' mean when all 5 are present."""
     rows = {label: label for label in labels}
     if all(label in labels for label in COMPETITION_LABELS):
         rows["Mean (5 competition)"] = "Mean"
