@@ -698,17 +698,25 @@ def random_maps(n: int, shape: Tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
-def localisation_bootstrap(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5, n_samples: int = 1000
-                           ) -> pd.DataFrame:
-    """Pointing-game hit rate and mean IoU over images showing the finding, with bootstrap CIs.
+def localisation_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """Per image: ``pointing`` (:func:`pointing_hits`) and ``iou`` (:func:`iou_at_threshold`)."""
+    return pd.DataFrame({"pointing": pointing_hits(maps, masks), "iou": iou_at_threshold(maps, masks, threshold)})
 
-    Returns ``compute_cis`` of the replicate means (index mean/lower/upper, columns ``pointing`` and
-    ``iou``), replicate i drawing the same images as ``sklearn.utils.resample(random_state=i)`` (the
-    AUROC bootstrap's replicates), plus a row ``full``: the value on all images.
-    """
-    scores = np.stack([pointing_hits(maps, masks), iou_at_threshold(maps, masks, threshold)], axis=1)
+
+def mean_bootstrap(scores: pd.DataFrame, n_samples: int = 1000) -> pd.DataFrame:
+    """Bootstrap CIs of the mean of each column of per-image ``scores``: ``compute_cis`` of the
+    replicate means (rows mean/lower/upper), replicate i drawing the images of
+    ``sklearn.utils.resample(random_state=i)`` (the AUROC bootstrap's replicates), plus a row
+    ``full``: the mean over all images."""
     counts = _resample_counts(len(scores), n_samples).astype(np.float64)
-    replicates = pd.DataFrame(counts.T @ scores / len(scores), columns=["pointing", "iou"])
+    replicates = pd.DataFrame(counts.T @ scores.to_numpy(np.float64) / len(scores), columns=scores.columns)
     table = compute_cis(replicates)
     table.loc["full"] = scores.mean(axis=0)
     return table
+
+
+def localisation_bootstrap(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5, n_samples: int = 1000
+                           ) -> pd.DataFrame:
+    """Pointing-game hit rate and mean IoU over images showing the finding, with bootstrap CIs:
+    :func:`mean_bootstrap` of :func:`localisation_scores` (columns ``pointing`` and ``iou``)."""
+    return mean_bootstrap(localisation_scores(maps, masks, threshold), n_samples)

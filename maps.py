@@ -357,11 +357,12 @@ def image_names(paths: Sequence[str | Path]) -> list[str]:
     return _unique([name if name is not None else "_".join(p) for name, p in zip(names, parts)])
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, label: str, probability: float, method: str = "patch"
-            ) -> Image.Image:
+def overlay(image: np.ndarray, heat: np.ndarray, label: str, probability: float, method: str = "patch",
+            region: np.ndarray | None = None) -> Image.Image:
     """A picture of ``heat`` (H, W) over the grey ``image`` (H, W): red where the region pushes towards
     ``label``, blue where it pushes away (a colour scale symmetric about 0, per map), its maximum
-    marked with a cross, the label, probability and method in the title, a colour bar in s+ - s-."""
+    marked with a cross, the label, probability and method in the title, a colour bar in s+ - s-;
+    with ``region`` (H, W bool, e.g. a ground-truth mask) its outline in green."""
     figure = Figure(figsize=(4.6, 4), dpi=100)
     canvas = FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -370,6 +371,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, label: str, probability: float,
     shown = axes.imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.45)
     top = np.unravel_index(np.nanargmax(heat), heat.shape)
     axes.plot(top[1], top[0], marker="x", color="yellow", markersize=10, markeredgewidth=2)
+    if region is not None and region.any():
+        axes.contour(region.astype(np.float32), levels=[0.5], colors="lime", linewidths=1)
     axes.set_title(f"{label}: p = {probability:.3f} ({method})", fontsize=10)
     axes.set_axis_off()
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04).set_label(

@@ -1,6 +1,6 @@
 """The demo chain at smoke scale: phantom data -> preprocessing -> training -> zero-shot AUROC on
-CheXpert and PadChest -> predict.py on DICOM and JPG files, through the same CLIs a user types, into a
-temporary folder; a second run reuses the stages."""
+CheXpert (calibrated) and PadChest, where-maps against the painted regions -> predict.py on DICOM and
+JPG files, through the same CLIs a user types, into a temporary folder; a second run reuses the stages."""
 import json
 from pathlib import Path
 
@@ -20,13 +20,20 @@ def run_demo(workdir: Path) -> str:
 def test_smoke_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path) -> None:
     first = run_demo(tmp_path)
     out = tmp_path / "results" / "smoke"
-    for name in ("auroc.md", "auroc.csv", "roc.png", "loss.png", "mcc_f1.csv", "thresholds.csv", "README.md"):
+    for name in ("auroc.md", "auroc.csv", "roc.png", "loss.png", "mcc_f1.csv", "thresholds.csv", "README.md",
+                 "calibration.json", "calibration.csv", "calibration.png", "localisation.md", "localisation.png"):
         assert (out / name).stat().st_size > 0, name
     auroc = pd.read_csv(out / "auroc.csv")
     assert set(COMPETITION_LABELS) <= set(auroc.iloc[:, 0])
     table = (out / "auroc.md").read_text()
     assert "Mean (5 competition)" in table and table in first          # the table is printed at the end
     summary = (out / "README.md").read_text()
+    # calibration: ECE and Brier before and after in the table; where-maps: each method and baseline per label
+    assert table.splitlines()[0].endswith("| ECE before | ECE after | Brier before | Brier after |")
+    localisation = pd.read_csv(out / "localisation.csv")
+    assert set(localisation["method"]) == {"patch", "occlusion", "prior", "random"}
+    assert set(localisation["label"]) == set(COMPETITION_LABELS)
+    assert (out / "localisation.md").read_text() in summary and (out / "localisation.md").read_text() in first
     assert "not clinical performance" in summary.replace("\n", " ") or "clinical performance" in summary
     # every h5 row has a caption row, and the corrupt phantoms were dropped, not zero-filled
     impressions = pd.read_csv(tmp_path / "data" / "smoke" / "mimic_impressions.csv")
