@@ -49,7 +49,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from errors import UserError
+from errors import UserError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +247,5 @@ def write_calibration(calibration: Mapping, path: str | Path) -> Path:
 def read_calibration(path: str | Path, labels: Sequence[str] | None = None, prompts: Prompts | None = None) -> dict:
     """A calibration.json, checked by :func:`check_calibration` (a missing or unreadable file is a
     one-line :class:`UserError` naming it)."""
-    try:
-        calibration = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such calibration file; check the path ({REFIT})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err}); {REFIT}") from None
+    calibration = read_json(path, "calibration file", fix=REFIT)
     return check_calibration(calibration, str(path), labels, prompts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,23 @@ def os_error_message(err: OSError) -> str:
     if err.errno == errno.ENOENT:
         return f"{name}: no such file or folder. Check the path"
     return f"{name}: {reason}"
+
+
+def read_json(path: str | Path, what: str, source: str | None = None, fix: str = "") -> object:
+    """The JSON in ``path``. A missing, unreadable or malformed file is one ``UserError`` line that
+    starts with ``source`` (default: the path), names ``what`` the file should be and ends with ``fix``."""
+    source = source or str(path)
+    then = f"; {fix}" if fix else ""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{source}: no such {what}; check the path{then}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{source}: not valid JSON ({err}){then}") from None
+    except OSError as err:
+        raise UserError(f"{source}: cannot read the {what} ({err.strerror or err}){then}") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source}: not valid JSON ({err.msg}, line {err.lineno}){then}") from None
 
 
 def _debug_wanted(argv: Sequence[str]) -> bool:

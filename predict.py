@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import json
 import logging
 import os
 import time
@@ -170,13 +169,7 @@ def check_prompts(prompts: Mapping, source: str = "prompts") -> dict[str, dict[s
 
 def read_prompts(path: str | Path) -> dict[str, dict[str, list[str]]]:
     """A ``--prompts`` JSON file, checked by :func:`check_prompts`."""
-    try:
-        prompts = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--prompts {path}: no such file; check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"--prompts {path}: not valid JSON ({err})") from None
-    return check_prompts(prompts, f"--prompts {path}")
+    return check_prompts(errors.read_json(path, "prompts file", f"--prompts {path}"), f"--prompts {path}")
 
 
 def label_prompts(labels: Sequence[str] | None, prompts: Mapping | None = None,

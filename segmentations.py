@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from errors import UserError
+from errors import UserError, read_json
 from image_reader import RESOLUTION, scaled_size
 
 #: The folders an image key is made of: ``.../patientNNNNN/studyK/<file>``.
@@ -136,14 +136,7 @@ def segmentation_key(image_path: str | os.PathLike) -> str:
 def read_segmentations(path: str | os.PathLike) -> dict:
     """A region file: {image key: {label: RLE}}; a UserError naming the file when it is missing, not
     JSON, not that shape, or holds an RLE whose runs do not fill its size."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such segmentation file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read the segmentation file ({getattr(e, 'strerror', None) or e})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not a JSON segmentation file ({e.msg}, line {e.lineno})") from None
+    data = read_json(path, "segmentation file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a segmentation file holds an object of image keys, not a {type(data).__name__}")
     for key, labels in data.items():
