@@ -4,7 +4,7 @@ Phantom data -> preprocessing -> training -> zero-shot AUROC (with calibrated pr
 CheXpert-format test set, where-maps scored against the regions the phantom painted, zero-shot AUROC
 on PadChest -> predict.py on a few DICOM and JPG files, ending with each image's top findings.
 
-    python demo.py                 # full demo (3,500 phantom studies), 6-9 minutes on 2 cores
+    python demo.py                 # full demo (3,500 phantom studies), 8-10 minutes on 2 cores
     python demo.py --scale smoke   # the same sequence on a tiny set, for CI (< 2 minutes)
     python demo.py --force         # rebuild everything instead of reusing earlier outputs
 
