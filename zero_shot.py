@@ -391,7 +391,7 @@ def make(model_path: str | Path, cxr_filepath: str | Path, pretrained: bool | No
     return model, loader
 
 
-def _file_identity(path: str | Path) -> dict:
+def file_identity(path: str | Path) -> dict:
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -400,7 +400,7 @@ def cache_key(model_path: str | Path, cxr_filepath: str | Path, prompts: tuple[l
               context_length: int = 77) -> dict:
     """Everything that determines a model's cached predictions: checkpoint and image file (path, size,
     mtime), the prompts of every label (style, template and label list) and the context length."""
-    return {"checkpoint": _file_identity(model_path), "images": _file_identity(cxr_filepath),
+    return {"checkpoint": file_identity(model_path), "images": file_identity(cxr_filepath),
             "positive_prompts": prompts[0], "negative_prompts": prompts[1], "context_length": context_length}
 
 
