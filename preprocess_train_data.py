@@ -17,6 +17,19 @@ it (``../../mimic-cxr-jpg/<version>/``) or takes ``--metadata_path``.
 Evaluation sets: ``--dataset_type chexpert-test | chexpert-valid | padchest`` write the HDF5
 and a labels CSV (``--labels_out_path``) whose row i is image i.
 
+Your own data: ``--dataset_type csv --csv pairs.csv --path_column image --text_column report``
+builds the training h5 + captions CSV from any CSV (or .jsonl) of image paths and report texts
+(relative paths are resolved against ``--image_root``, default the CSV's folder). The text is the
+caption as it is, or ``--impression_rule chexzero|mimic`` extracts the impression of a whole
+report. Reports that cannot train anything (empty, a Git LFS pointer, binary/undecodable bytes,
+one repeated token) are listed in ``failed_reports.csv`` (row, path, reason) and left out
+(``--bad_reports skip``, the default) or stop the run (``stop``); a summary (pairs kept, dropped
+by reason, caption lengths in BPE tokens, share cut at 77 tokens) is printed and saved as JSON.
+``--dataset_type csv-labels --csv labels.csv --path_column image`` writes an h5 and a labels CSV
+for run_zero_shot.py: Path + the label columns by name (``--label_columns``, default every other
+column); 1/0 (also true/false, yes/no, positive/negative), a blank is 0 (CheXpert's convention:
+not mentioned = negative), -1 or "uncertain" is refused unless ``--uncertain zero|one|drop``.
+
 Invariant for every dataset type: h5 rows == CSV rows == images that decoded (failures are
 listed in ``failed_images.csv``), unless ``--keep_failed`` keeps all-zero rows as the
 original did. Output files appear only when complete; ``--resume`` continues a killed run.
@@ -32,10 +45,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -46,6 +62,9 @@ from labels import CHEXPERT_CSV_ORDER as CHEXPERT_LABELS  # CheXpert's CSV colum
 from labels import PADCHEST_CSV
 
 log = logging.getLogger("preprocess")
+
+#: ``--impression_rule none``: the text is the caption as it is.
+NO_RULE = "none"
 
 MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 #: The image files of the two MIMIC releases: MIMIC-CXR-JPG's .jpg, MIMIC-CXR's DICOMs.
@@ -64,6 +83,9 @@ class Plan:
     tables: dict[str, pd.DataFrame]
     bits: list[int | None] | None = None
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out before decoding
+    #: Called inside the output lock once the tables are written, with the kept row indices and
+    #: the images that failed to decode (the csv route's report list and summary).
+    finish: Callable[[list[int], list], None] | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,10 +129,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: all images, as the original; blank ViewPositions never match)")
     p.add_argument("--metadata_path", default=None,
                    help=f"mimic: {MIMIC_METADATA} for --views (default: the parent of --chest_x_ray_path)")
-    p.add_argument("--impression_rule", default="chexzero", choices=dp.IMPRESSION_RULES,
+    p.add_argument("--impression_rule", default=None, choices=(NO_RULE, *dp.IMPRESSION_RULES),
                    help="chexzero: the original rule (text after the last 'IMPRESSION:' token, else "
                         "'NO IMPRESSION'). mimic: the official MIMIC-CXR section parser's choice "
-                        "(impression > findings > last_paragraph > comparison)")
+                        "(impression > findings > last_paragraph > comparison). none: the text as it is. "
+                        "Default: chexzero for mimic, none for csv (whose text is the caption already)")
+    p.add_argument("--csv", default=None,
+                   help="csv / csv-labels: the input table, a .csv (or .jsonl, one JSON object a line); "
+                        "undecodable bytes are read as U+FFFD and make that row's report 'binary'")
+    p.add_argument("--path_column", default="path",
+                   help="csv / csv-labels: column holding the image paths (anything the image reader reads: "
+                        "JPEG, PNG, DICOM, ...); default 'path'")
+    p.add_argument("--text_column", default="report",
+                   help="csv: column holding the report (or impression) text; default 'report'")
+    p.add_argument("--image_root", default=None,
+                   help="csv / csv-labels: folder relative image paths are resolved against (default: the "
+                        "folder of --csv)")
+    p.add_argument("--bad_reports", default="skip", choices=("skip", "stop"),
+                   help="csv: reports that are empty, a Git LFS pointer, binary or one repeated token are "
+                        "listed in failed_reports.csv and left out (skip, default) or stop the run before any "
+                        "image is decoded (stop, exit 2)")
+    p.add_argument("--failed_reports_path", default=None,
+                   help="csv: list of the reports left out, columns row,path,reason (row 1 = the first data "
+                        "row); default failed_reports.csv next to --mimic_impressions_path")
+    p.add_argument("--summary_path", default=None,
+                   help="csv: JSON summary (pairs kept, dropped by reason, caption length percentiles in "
+                        "BPE tokens, share cut at 77); default <--mimic_impressions_path without .csv>_summary.json")
+    p.add_argument("--label_columns", default=None,
+                   help="csv-labels: comma-separated label columns to keep, by name (default: every column "
+                        "but --path_column)")
+    p.add_argument("--uncertain", default="error", choices=("error", "zero", "one", "drop"),
+                   help="csv-labels: what -1 / 'uncertain' label values become: refused naming the column "
+                        "(error, default), 0, 1, or the row is dropped (listed in the failed-images CSV)")
     p.add_argument("--missing_report", default="error", choices=("error", "skip"),
                    help="mimic: a missing report file stops the run naming it (error) or drops its images (skip)")
     p.add_argument("--keep_failed", action="store_true",
@@ -238,10 +288,14 @@ def plan_mimic(args: argparse.Namespace) -> Plan:
         paths = [p for p in paths if p not in missing_set]
 
     try:
-        filenames, impressions = dp.impressions_for(paths, args.radiology_reports_path, args.impression_rule)
+        rule = args.impression_rule or "chexzero"
+        if rule == NO_RULE:
+            raise PreprocessError("--impression_rule none applies to --dataset_type csv; mimic reports need "
+                                  f"one of {', '.join(dp.IMPRESSION_RULES)}")
+        filenames, impressions = dp.impressions_for(paths, args.radiology_reports_path, rule)
     except (FileNotFoundError, ValueError) as e:   # a report that vanished, or is not UTF-8 text
         raise PreprocessError(str(e)) from None
-    log.info("%d captions (%s rule), %d are '%s'", len(impressions), args.impression_rule,
+    log.info("%d captions (%s rule), %d are '%s'", len(impressions), rule,
              sum(i == dp.NO_IMPRESSION for i in impressions), dp.NO_IMPRESSION)
     tables = {args.csv_out_path or "data/cxr_paths.csv": pd.DataFrame({"Path": paths}),
               args.mimic_impressions_path: pd.DataFrame({"filename": filenames, "impression": impressions})}
@@ -357,8 +411,242 @@ def plan_padchest(args: argparse.Namespace) -> Plan:
     return Plan(paths, tables, bits=bits)
 
 
+# --------------------------------------------------------------------------------------
+# Your own data: a CSV (or .jsonl) of image paths + report texts, or + labels
+# --------------------------------------------------------------------------------------
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1"
+#: Reasons a report is left out of training (failed_reports.csv's ``reason`` column).
+REPORT_REASONS = ("empty", "git-lfs pointer", "binary", "one repeated token", "empty impression")
+#: Control characters a text report may hold (tab, newlines, vertical tab, form feed).
+_TEXT_CONTROLS = set("\t\n\r\x0b\x0c")
+CONTEXT_LENGTH = 77
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A .csv (or .jsonl) as strings, read robustly: bytes that are not UTF-8 become U+FFFD and NUL
+    bytes become U+FFFD too (the report check calls both 'binary'), so one bad row never stops the read."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreprocessError(f"--csv {path}: no such file; check the path")
+    text = path.read_bytes().decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    if text.startswith("\ufeff"):
+        text = text[1:]   # a UTF-8 byte-order mark (Excel's "CSV UTF-8")
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            table = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+            return table.astype(object).where(table.notna(), None).map(lambda v: None if v is None else str(v))
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        kind = "JSON lines file" if path.suffix.lower() in (".jsonl", ".ndjson") else "CSV"
+        raise PreprocessError(f"--csv {path}: not a readable {kind} ({first})") from None
+
+
+def _need_columns(table: pd.DataFrame, columns: list[str], path: str, flags: list[str]) -> None:
+    missing = [(c, f) for c, f in zip(columns, flags) if c not in table.columns]
+    if missing:
+        named = ", ".join(f"{c!r} ({f})" for c, f in missing)
+        raise PreprocessError(f"{path} has no column {named}; its columns are {list(table.columns)}")
+
+
+def _csv_paths(table: pd.DataFrame, args: argparse.Namespace) -> tuple[list[str | None], list[int]]:
+    """(image path of each row, resolved against --image_root or the CSV's folder; None when blank)."""
+    root = Path(args.image_root) if args.image_root else Path(args.csv).parent
+    if args.image_root and not root.is_dir():
+        raise PreprocessError(f"--image_root {root} is not a folder")
+    paths: list[str | None] = []
+    for value in table[args.path_column]:
+        text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).strip()
+        paths.append(str(root / text) if text else None)   # an absolute path stays as it is
+    return paths, [i for i, p in enumerate(paths) if p is None]
+
+
+def report_problem(text: object) -> str | None:
+    """Why a report cannot train anything (one of :data:`REPORT_REASONS`), or None when it can."""
+    if text is None or (isinstance(text, float) and pd.isna(text)) or not str(text).strip():
+        return "empty"
+    text = str(text)
+    if text.lstrip().startswith(LFS_POINTER):
+        return "git-lfs pointer"
+    if "\ufffd" in text or any(ord(c) < 32 and c not in _TEXT_CONTROLS for c in text):
+        return "binary"
+    tokens = text.lower().split()
+    if len(tokens) > 1 and len(set(tokens)) == 1:
+        return "one repeated token"
+    return None
+
+
+def _caption(text: str, rule: str) -> str:
+    return text if rule == NO_RULE else dp.extract_impression(text, rule)
+
+
+def caption_stats(captions: list[str], context_length: int = CONTEXT_LENGTH) -> dict:
+    """Caption lengths in BPE tokens (start and end tokens included, as the model sees them)."""
+    import numpy as np
+
+    from clip import _tokenizer
+
+    tok = _tokenizer()
+    lengths = np.array([len(tok.encode(c)) + 2 for c in captions], dtype=np.int64)
+    if not len(lengths):
+        return {"n": 0}
+    percentiles = {f"p{q}": float(np.percentile(lengths, q)) for q in (5, 25, 50, 75, 95, 99)}
+    return {"n": int(len(lengths)), "min": int(lengths.min()), **percentiles, "max": int(lengths.max()),
+            "context_length": context_length,
+            "share_truncated": float((lengths > context_length).mean()),
+            "n_truncated": int((lengths > context_length).sum())}
+
+
+def plan_csv(args: argparse.Namespace) -> Plan:
+    """Rows of --csv in order; rows whose report is bad or whose path is blank are left out (listed)."""
+    if not args.csv:
+        raise PreprocessError("--dataset_type csv needs --csv (a CSV or .jsonl of image paths and report texts)")
+    table = read_table(args.csv)
+    _need_columns(table, [args.path_column, args.text_column], args.csv, ["--path_column", "--text_column"])
+    if table.empty:
+        raise PreprocessError(f"--csv {args.csv}: no data rows")
+    rule = args.impression_rule or NO_RULE
+    paths, _ = _csv_paths(table, args)
+    texts = table[args.text_column].tolist()
+    impressions_out = args.mimic_impressions_path
+    reports_out = args.failed_reports_path or str(Path(impressions_out).parent / "failed_reports.csv")
+    summary_out = args.summary_path or str(Path(impressions_out).with_suffix("")) + "_summary.json"
+
+    bad: list[tuple[int, str, str]] = []   # (row number, path, reason)
+    dropped: list[tuple[str, str]] = []
+    keep: list[int] = []
+    captions: list[str] = []
+    for i, (path, text) in enumerate(zip(paths, texts)):
+        reason = report_problem(text)
+        caption = None
+        if reason is None:
+            caption = _caption(str(text), rule)
+            if not caption.strip():
+                reason = "empty impression"
+        if reason is not None:
+            bad.append((i + 1, path or "", reason))
+        elif path is None:
+            dropped.append((f"{args.csv} row {i + 1}", "no image path"))
+        else:
+            keep.append(i)
+            captions.append(caption)
+    failed_reports = pd.DataFrame(bad, columns=["row", "path", "reason"])
+    if bad:
+        counts = ", ".join(f"{k}: {v}" for k, v in failed_reports["reason"].value_counts().items())
+        if args.bad_reports == "stop":
+            write_csv_atomic(failed_reports, reports_out)
+            raise PreprocessError(f"{len(bad)} bad reports in {args.csv} ({counts}), listed in {reports_out}; "
+                                  "fix them or pass --bad_reports skip to leave them out")
+        log.warning("--bad_reports skip: leaving out %d reports (%s), listed in %s", len(bad), counts, reports_out)
+    for path, reason in dropped:
+        log.warning("left out %s: %s", path, reason)
+    if not keep:
+        raise PreprocessError(f"--csv {args.csv}: no row has both an image path and a usable report")
+    kept_paths = [paths[i] for i in keep]
+    filenames = [str(table[args.path_column].iloc[i]).strip() for i in keep]
+    tables = {impressions_out: pd.DataFrame({"filename": filenames, "impression": captions})}
+    if args.csv_out_path:
+        tables[args.csv_out_path] = pd.DataFrame({"Path": kept_paths})
+
+    def finish(kept: list[int], failures: list) -> None:
+        write_csv_atomic(failed_reports, reports_out)
+        dropped_by = {reason: int(n) for reason, n in failed_reports["reason"].value_counts().items()}
+        if dropped:
+            dropped_by["no image path"] = len(dropped)
+        if failures and not args.keep_failed:
+            dropped_by["image failed to decode"] = len(failures)
+        summary = {"csv": str(args.csv), "rows": len(table), "pairs_kept": len(kept),
+                   "dropped": dropped_by, "impression_rule": rule,
+                   "caption_tokens": caption_stats([captions[i] for i in kept]),
+                   "outputs": {"h5": args.cxr_out_path, "impressions": impressions_out,
+                               "failed_reports": reports_out}}
+        Path(summary_out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = summary_out + ".tmp"
+        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, summary_out)
+        tokens = summary["caption_tokens"]
+        print(f"csv summary: {len(kept)} of {len(table)} pairs kept; dropped "
+              f"{dropped_by or 'none'}; caption BPE tokens p50 {tokens.get('p50')} p95 {tokens.get('p95')} "
+              f"max {tokens.get('max')}; {tokens.get('share_truncated', 0):.1%} cut at {CONTEXT_LENGTH} tokens "
+              f"(saved to {summary_out})")
+
+    log.info("csv: %d pairs from %s (%s rule), %d reports left out", len(keep), args.csv, rule, len(bad))
+    return Plan(kept_paths, tables, dropped=dropped, finish=finish)
+
+
+_POSITIVE = {"1", "1.0", "true", "yes", "positive", "pos"}
+_NEGATIVE = {"0", "0.0", "false", "no", "negative", "neg"}
+_UNCERTAIN = {"-1", "-1.0", "uncertain", "u"}
+
+
+def _label_value(value: object) -> str:
+    """'1', '0', 'uncertain' or 'other' for one cell; a blank is '0' (not mentioned = negative)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "0"
+    text = str(value).strip().lower()
+    if text in ("", "nan"):
+        return "0"
+    if text in _POSITIVE:
+        return "1"
+    if text in _NEGATIVE:
+        return "0"
+    if text in _UNCERTAIN:
+        return "uncertain"
+    return "other"
+
+
+def plan_csv_labels(args: argparse.Namespace) -> Plan:
+    """Rows of --csv in order, with the label columns by name as 0/1 (blank = 0; -1/uncertain by --uncertain)."""
+    if not args.csv:
+        raise PreprocessError("--dataset_type csv-labels needs --csv (a CSV or .jsonl of image paths and labels)")
+    table = read_table(args.csv)
+    _need_columns(table, [args.path_column], args.csv, ["--path_column"])
+    names = (_split_list(args.label_columns) if args.label_columns
+             else [c for c in table.columns if c != args.path_column])
+    if not names:
+        raise PreprocessError(f"{args.csv} has no label columns besides {args.path_column!r}")
+    _need_columns(table, names, args.csv, ["--label_columns"] * len(names))
+    if "Path" in names:
+        raise PreprocessError(f"{args.csv}: 'Path' is the labels CSV's image column; it cannot be a label column")
+    if table.empty:
+        raise PreprocessError(f"--csv {args.csv}: no data rows")
+    paths, blank = _csv_paths(table, args)
+    kinds = pd.DataFrame({c: table[c].map(_label_value) for c in names})
+    other = {c: table[c][kinds[c] == "other"] for c in names if (kinds[c] == "other").any()}
+    if other:
+        c, values = next(iter(other.items()))
+        raise PreprocessError(f"{args.csv}: label column {c!r} holds {values.iloc[0]!r} (row {values.index[0] + 1}); "
+                              f"labels must be 1/0 (true/false, yes/no), blank (= 0) or -1/uncertain; pick the label "
+                              f"columns with --label_columns")
+    uncertain = kinds.eq("uncertain")
+    if uncertain.to_numpy().any():
+        counts = {c: int(n) for c, n in uncertain.sum().items() if n}
+        if args.uncertain == "error":
+            raise PreprocessError(f"{args.csv}: uncertain (-1) labels {counts}; choose what they become with "
+                                  f"--uncertain zero|one|drop")
+        log.warning("--uncertain %s: uncertain labels %s", args.uncertain, counts)
+        kinds = kinds.replace("uncertain", {"zero": "0", "one": "1", "drop": "uncertain"}[args.uncertain])
+    drop_rows = set(blank) | {i for i in range(len(table)) if uncertain.iloc[i].any() and args.uncertain == "drop"}
+    dropped = [(f"{args.csv} row {i + 1}", "no image path" if paths[i] is None
+                else "uncertain label (--uncertain drop)") for i in sorted(drop_rows)]
+    keep = [i for i in range(len(table)) if i not in drop_rows]
+    if not keep:
+        raise PreprocessError(f"--csv {args.csv}: no rows left (blank paths or --uncertain drop)")
+    kept_paths = [paths[i] for i in keep]
+    labels = pd.DataFrame({"Path": kept_paths})
+    for c in names:
+        labels[c] = kinds[c].iloc[keep].astype(int).to_numpy()
+    log.info("csv-labels: %d images, %d label columns %s", len(keep), len(names), names)
+    tables = {_labels_out(args): labels}
+    if args.csv_out_path:
+        tables[args.csv_out_path] = pd.DataFrame({"Path": kept_paths})
+    return Plan(kept_paths, tables, dropped=dropped)
+
+
 PLANS = {"mimic": plan_mimic, "chexpert-test": plan_chexpert_test,
-         "chexpert-valid": plan_chexpert_valid, "padchest": plan_padchest}
+         "chexpert-valid": plan_chexpert_valid, "padchest": plan_padchest,
+         "csv": plan_csv, "csv-labels": plan_csv_labels}
 
 
 # --------------------------------------------------------------------------------------
@@ -407,6 +695,8 @@ def run(args: argparse.Namespace) -> None:
         write_csv_atomic(failed, failed_out)
         for out_path, table in plan.tables.items():
             write_csv_atomic(table.iloc[kept].reset_index(drop=True), out_path)
+        if plan.finish is not None:
+            plan.finish(kept, failures)
         dp.finalize_h5(args.cxr_out_path)
     log.info("wrote %s: %d rows (%s); %d images failed to decode%s; %d left out before decoding; "
              "failures listed in %s", args.cxr_out_path, len(kept), args.dtype, len(failures),
