@@ -387,6 +387,16 @@ def load_training_state(path: Path, run_dir: Path, resume: str = "latest") -> di
         raise TrainInputError(_unusable_message(resume, bad, run_dir, path)) from None
 
 
+def state_weights(path: Path, flag: str = "--init_checkpoint") -> Path:
+    """The weights file a training-state file names (checked intact; the state read weights-only),
+    or a one-line :class:`TrainInputError` starting with ``flag`` and the file."""
+    try:
+        state = _read_state(Path(path))
+    except _Unusable as bad:
+        raise TrainInputError(f"{flag} {path}: {bad.file} {bad.reason}") from None
+    return Path(path).parent / str(state["weights"])
+
+
 def restore_state(state: dict, state_path: Path, run_dir: Path, config: Namespace, overridden: set[str],
                   model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler) -> None:
     """Load a checked training state into the run's objects, taking the new values of the
@@ -407,6 +417,9 @@ def restore_state(state: dict, state_path: Path, run_dir: Path, config: Namespac
     if "optimizer" in overridden:
         log.info("resume: --optimizer %s -> %s: the new optimizer starts from a fresh state (no momentum or moment "
                  "estimates carried over)", state["config"].get("optimizer"), config.optimizer)
+    elif {"lock_image", "lock_text"} & overridden:
+        log.info("resume: a tower locked or unlocked (--resume_override %s): the optimizer, over other parameters "
+                 "now, starts from a fresh state", ",".join(sorted({"lock_image", "lock_text"} & overridden)))
     else:
         try:
             optimizer.load_state_dict(state["optimizer"])

@@ -31,6 +31,9 @@ DATA_FLAGS = ("cxr_filepath", "txt_filepath")
 #: Flags saved under an earlier name: a state written before the rename resumes under the new one.
 RENAMED = {"val_label_path": "val_labels_path"}
 
+#: Flags added after states were first written, with the value an older state's run had.
+ADDED = {"init_checkpoint": None, "lock_image": False, "lock_text": False}
+
 #: Data files up to this size are hashed whole to recognise them on --resume; larger ones (the
 #: image h5) by their size, modification time and the hash of their first and last HASH_EDGE_BYTES.
 FULL_HASH_BYTES = 64 << 20
@@ -73,8 +76,8 @@ def plain_config(config: Namespace) -> dict:
 
 
 def saved_flags(saved: dict) -> dict:
-    """A saved run's flags under today's names (:data:`RENAMED`)."""
-    return {RENAMED.get(k, k): v for k, v in saved.items()}
+    """A saved run's flags under today's names (:data:`RENAMED`), with the flags it predates (:data:`ADDED`)."""
+    return {**ADDED, **{RENAMED.get(k, k): v for k, v in saved.items()}}
 
 
 def resume_comparable(config: Namespace) -> list[str]:

@@ -6,6 +6,10 @@ The original's flags and defaults are kept (OpenAI ViT-B/32 start, SGD momentum 
 LR 1e-4, batch 16, 4 epochs, a checkpoint every 100 steps). Everything else is an option.
 More GPUs: ``torchrun --nproc_per_node 8 run_train.py ... --gather_with_grad``.
 
+Fine-tuning: ``--init_checkpoint PATH`` starts from a CLIP checkpoint (its architecture read off the
+file, no OpenAI download); ``--lock_image`` / ``--lock_text`` freeze one tower (LiT). On --resume the
+saved weights win over --init_checkpoint; the lock flags and --init_checkpoint must match the saved run.
+
 Resuming: ``--resume latest`` (or a checkpoint_*.state file) continues a run from its last saved
 state, at the exact sample it had reached. Flags left out take the saved run's values. Flags that
 change what the run computes (optimizer, batch size x processes, lr, schedule, seed, data files,
@@ -91,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     new = p.add_argument_group("model")
     new.add_argument("--model_config", choices=sorted(MODEL_CONFIGS), default=None,
                      help="architecture (default: vit-b-32 from OpenAI weights, or random-init-320 with --random_init)")
+    new.add_argument("--init_checkpoint", default=None, metavar="PATH",
+                     help="fine-tune: start from this CLIP checkpoint (a released CheXzero .pt, or this project's "
+                          "checkpoint*.pt / best_*.pt / checkpoint*.state), its architecture read off the file; with "
+                          "--model_config or size flags, a checkpoint of another shape is refused. Not with "
+                          "--random_init. On --resume the saved weights win (the file is not read again)")
+    new.add_argument("--lock_image", action="store_true",
+                     help="freeze the image tower (visual.*) LiT-style: not optimised, kept in eval mode (BatchNorm "
+                          "statistics fixed), bit-identical after training")
+    new.add_argument("--lock_text", action="store_true",
+                     help="freeze the text tower (token_embedding, positional_embedding, transformer, ln_final, "
+                          "text_projection) likewise; logit_scale always trains (with both locks, it alone does)")
     for name in train.SIZE_OVERRIDES:
         new.add_argument(f"--{name}", type=count(f"the model's {name}"), default=None,
                          help=f"override the config's {name}")
@@ -157,6 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.val_cxr_filepath) != bool(args.val_labels_path):
         p.error("--val_cxr_filepath and --val_labels_path go together")
+    if args.init_checkpoint and args.random_init:
+        p.error("--init_checkpoint starts from the checkpoint's weights, --random_init from random ones: pass one")
     if args.resume_override and not args.resume:
         p.error("--resume_override only applies with --resume")
     # Parsed again into a namespace that already holds every flag: argparse then sets only the given ones.

@@ -71,15 +71,17 @@ def setup_runtime(config: Namespace) -> Runtime:
 
 
 def make_optimizer(config: Namespace, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """SGD with momentum (the original's default) or AdamW, with fused kernels (on the CPU too:
+    """SGD with momentum (the original's default) or AdamW over the parameters that require grad (a
+    tower locked with --lock_image / --lock_text is left out), with fused kernels (on the CPU too:
     the multi-tensor path allocates temporaries the size of the model every step)."""
     kernel = {"fused": True}
+    params = [p for p in model.parameters() if p.requires_grad]   # a locked tower's are not optimised
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay or 0.0, **kernel)
     if config.optimizer == "adam":
         wd = 0.01 if config.weight_decay is None else config.weight_decay
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=wd, **kernel)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd, **kernel)
     raise ValueError(f"--optimizer must be 'sgd' or 'adam', not {config.optimizer!r}")
 
 

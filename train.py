@@ -88,12 +88,54 @@ def preprocess_text(texts: list[str], model: CLIP) -> torch.LongTensor:
     return clip.tokenize(list(texts), context_length=model.context_length, truncate=True)
 
 
+#: The text tower of a CLIP: every parameter the text encoder uses (``encode_text``). The image
+#: tower is ``visual.*``; ``logit_scale`` belongs to neither and always trains.
+TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+
+
+def tower_of(name: str) -> str | None:
+    """``"image"``, ``"text"`` or None (``logit_scale``) for a parameter or buffer name of a CLIP."""
+    if name.startswith("visual."):
+        return "image"
+    if name.split(".")[0] in TEXT_TOWER:
+        return "text"
+    return None
+
+
+def _stay_eval(module: nn.Module) -> None:
+    """Put ``module`` in eval mode for good: a later ``model.train()`` (the run's, validation's
+    restore) leaves it in eval mode, so a frozen ResNet's BatchNorm never updates its running stats."""
+    module.eval()
+    module.train = lambda mode=True: nn.Module.train(module, False)  # type: ignore[method-assign]
+
+
+def lock_towers(model: CLIP, lock_image: bool = False, lock_text: bool = False) -> list[str]:
+    """Freeze the image and/or text tower LiT-style: ``requires_grad=False`` (so the optimizer, which
+    takes only trainable parameters, never sees them: no update, no weight decay, no momentum) and
+    eval mode for good (BatchNorm statistics stay as loaded). Returns the locked towers' names."""
+    locked = [tower for tower, on in (("image", lock_image), ("text", lock_text)) if on]
+    for name, param in model.named_parameters():
+        if tower_of(name) in locked:
+            param.requires_grad_(False)
+    if "image" in locked:
+        _stay_eval(model.visual)
+    if "text" in locked:
+        for name in TEXT_TOWER:
+            module = getattr(model, name)
+            if isinstance(module, nn.Module):
+                _stay_eval(module)
+    return locked
+
+
 SIZE_OVERRIDES = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size",
                   "transformer_width", "transformer_layers")
 
 
-def make_model(config: Namespace) -> CLIP:
+def make_model(config: Namespace, source: Path | None = None) -> CLIP:
     """The model a training run starts from, on the CPU in train mode.
+
+    With ``--init_checkpoint`` (or ``source``, the weights a resumed run was saved with) it is the
+    checkpoint's model: :func:`initial_model`.
 
     Without ``--random_init`` (and with the default config) this is OpenAI's ViT-B/32, as
     the original (:func:`clip.load`); ``--random_init`` gives the 320-px model; ``--model_config``
@@ -102,6 +144,8 @@ def make_model(config: Namespace) -> CLIP:
     """
     name = config.model_config or ("random-init-320" if config.random_init else "vit-b-32")
     overrides = {k: getattr(config, k) for k in SIZE_OVERRIDES if getattr(config, k, None) is not None}
+    if getattr(config, "init_checkpoint", None) or source is not None:
+        return initial_model(config, overrides, source)
     if name == "vit-b-32" and not config.random_init and not overrides:
         try:
             model, _ = clip.load("ViT-B/32", device="cpu", jit=False)
@@ -116,6 +160,49 @@ def make_model(config: Namespace) -> CLIP:
     shape = named_config(name, context_length=config.context_length, **overrides)
     shape["transformer_heads"] = max(1, shape["transformer_width"] // 64)
     return clip.load_model(config=shape, train=True)
+
+
+def initial_model(config: Namespace, overrides: dict, source: Path | None = None) -> CLIP:
+    """The ``--init_checkpoint`` model (or ``source``'s), on the CPU in train mode, its weights loaded exactly.
+
+    The checkpoint is any CLIP weights file :func:`clip.load_checkpoint` reads (a released CheXzero
+    ``.pt``, this project's ``checkpoint*.pt`` / ``best_*.pt``) or a training-state file
+    (``checkpoint*.state``: the weights it names). Its architecture is read off the file
+    (``model_config.json`` beside it, else the weights' shapes); with ``--model_config`` or a size
+    flag the run's architecture is built instead and a checkpoint that does not fit it is refused,
+    naming the file and the differing shapes. ``--context_length`` left out takes the checkpoint's;
+    given and different, it is refused.
+    """
+    flag = "--init_checkpoint"
+    path = Path(source if source is not None else config.init_checkpoint)
+    if source is None and path.suffix == ".state":
+        path = checkpoints.state_weights(path, flag)
+    if source is None and (config.model_config or overrides):
+        name = config.model_config or "random-init-320"
+        shape = named_config(name, context_length=config.context_length, **overrides)
+        shape["transformer_heads"] = max(1, shape["transformer_width"] // 64)
+        try:
+            return clip.load_model(path, shape, train=True)
+        except clip.CheckpointMismatchError as err:
+            asked = " ".join(f"--{k} {v}" for k, v in [("model_config", config.model_config), *overrides.items()]
+                             if v is not None)
+            shapes = err.wrong_shape[:4] + (["..."] if len(err.wrong_shape) > 4 else [])
+            raise TrainInputError(
+                f"{flag} {path}: another architecture than {asked} asks for ({len(err.wrong_shape)} mis-shaped, "
+                f"{len(err.missing)} missing, {len(err.unexpected)} unexpected weights"
+                f"{': ' + '; '.join(shapes) if shapes else ''}); leave out --model_config and the size flags to "
+                "take the checkpoint's architecture") from None
+    model = clip.load_model(path, train=True)
+    if model.context_length != config.context_length:
+        given = getattr(config, "given_flags", None)
+        if given is not None and "context_length" not in given:
+            log.info("%s %s: --context_length %d, the checkpoint's", flag, path, model.context_length)
+            config.context_length = model.context_length
+        else:
+            raise TrainInputError(f"{flag} {path}: its text tower takes {model.context_length} tokens "
+                                  f"(positional_embedding {tuple(model.positional_embedding.shape)}), not "
+                                  f"--context_length {config.context_length}; leave --context_length out")
+    return model
 
 
 # =========================================================================== the loop
@@ -181,12 +268,16 @@ def _train(config: Namespace, run_dir: Path) -> Path:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
+    # Built before the captions are tokenized: --init_checkpoint may set the context length.
+    # A resumed run reads its architecture off the weights it saved, not --init_checkpoint.
+    saved_weights = state_path.parent / str(state["weights"]) if state is not None else None
+    model, optimizer, scheduler, scaler = build_model(
+        config, rt, total_steps, saved_weights if getattr(config, "init_checkpoint", None) else None)
     tokens = caption_tokens(config.txt_filepath, config.context_length)
     if len(tokens) != n_images:
         raise TrainInputError(f"{config.cxr_filepath} holds {n_images} images but {config.txt_filepath} has "
                               f"{len(tokens)} caption rows; they must be row-aligned (re-run preprocessing)")
     images = cxr_data.read_images(config.cxr_filepath) if config.data_in_memory else config.cxr_filepath
-    model, optimizer, scheduler, scaler = build_model(config, rt, total_steps)
     if state is not None:
         checkpoints.restore_state(state, state_path, run_dir, config, overridden, model, optimizer, scheduler, scaler)
         if rt.is_main:
@@ -235,9 +326,16 @@ def plan_run(config: Namespace, position: Position, n_images: int, rt: Runtime,
     return plan, total_steps
 
 
-def build_model(config: Namespace, rt: Runtime, total_steps: int) -> tuple:
-    """The model on the run's device, its optimizer, LR schedule and gradient scaler."""
-    model = make_model(config).to(rt.device)
+def build_model(config: Namespace, rt: Runtime, total_steps: int, source: Path | None = None) -> tuple:
+    """The model on the run's device (:func:`make_model`; ``source``: see there), its towers locked as
+    ``--lock_image`` / ``--lock_text`` ask, its optimizer (trainable parameters only), LR schedule and
+    gradient scaler."""
+    model = make_model(config, source).to(rt.device)
+    locked = lock_towers(model, getattr(config, "lock_image", False), getattr(config, "lock_text", False))
+    if locked and rt.is_main:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        log.info("locked the %s tower%s: %d parameters frozen (eval mode), %d trained", " and ".join(locked),
+                 "s" if len(locked) > 1 else "", frozen, sum(p.numel() for p in model.parameters()) - frozen)
     if config.grad_checkpointing:
         model.visual.transformer.grad_checkpointing = True
         model.transformer.grad_checkpointing = True
