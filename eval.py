@@ -305,6 +305,23 @@ def bootstrap(y_pred: np.ndarray, y_true: np.ndarray, cxr_labels: Sequence[str],
     return boot_stats, compute_cis(boot_stats)
 
 
+def bootstrap_difference(y_pred_a: np.ndarray, y_pred_b: np.ndarray, y_true: np.ndarray,
+                         cxr_labels: Sequence[str], n_samples: int = 1000) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """AUROC of ``y_pred_b`` minus AUROC of ``y_pred_a`` per label, paired: both on the same replicates.
+
+    Returns ``(diff_stats, table)``: the per-replicate differences (columns `<label>_auc`, as
+    :func:`bootstrap`'s boot_stats) and a table with index ['full', 'mean', 'lower', 'upper'] (the
+    whole sample's difference, then :func:`compute_cis`). Pairing matters: two methods scored on the
+    same images share the images' difficulty, so the interval of their difference is narrower than
+    their two AUROC intervals side by side suggest.
+    """
+    stats_a, _ = bootstrap(y_pred_a, y_true, cxr_labels, n_samples)
+    stats_b, _ = bootstrap(y_pred_b, y_true, cxr_labels, n_samples)
+    diff_stats = stats_b - stats_a
+    full = evaluate(y_pred_b, y_true, cxr_labels).iloc[0] - evaluate(y_pred_a, y_true, cxr_labels).iloc[0]
+    return diff_stats, pd.concat([full.to_frame("full").T, compute_cis(diff_stats)])
+
+
 # ---------------------------------------------------------------------------------------------
 # Thresholds chosen on validation, applied frozen to test (what metrics.py intended)
 # ---------------------------------------------------------------------------------------------

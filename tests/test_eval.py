@@ -92,6 +92,27 @@ def test_bootstrap_equals_original_loop_with_rare_and_tied_labels():
     assert np.isnan(cis.loc["upper", "Pleural Other_auc"])
 
 
+def test_paired_difference_is_the_per_replicate_difference_and_narrower_than_either_interval():
+    y_pred, y_true = make_data(300, [0.3, 0.1, 0.2], seed=4, decimals=4)
+    labels = LABELS[:3]
+    rng = np.random.default_rng(5)
+    better = y_pred + 0.01 * y_true + 0.003 * rng.standard_normal(y_pred.shape)   # a slightly better method
+    replicates, table = ev.bootstrap_difference(y_pred, better, y_true, labels, n_samples=200)
+    stats_a, cis_a = ev.bootstrap(y_pred, y_true, labels, n_samples=200)
+    stats_b, cis_b = ev.bootstrap(better, y_true, labels, n_samples=200)
+    pd.testing.assert_frame_equal(replicates, stats_b - stats_a)
+    for i, label in enumerate(labels):
+        column = f"{label}_auc"
+        assert table.loc["full", column] == pytest.approx(roc_auc_score(y_true[:, i], better[:, i])
+                                                          - roc_auc_score(y_true[:, i], y_pred[:, i]))
+        width = table.loc["upper", column] - table.loc["lower", column]
+        assert 0 < width < min(cis_a.loc["upper", column] - cis_a.loc["lower", column],
+                               cis_b.loc["upper", column] - cis_b.loc["lower", column]) / 2
+        assert table.loc["lower", column] > 0                                    # the better method wins
+    _, same = ev.bootstrap_difference(y_pred, y_pred, y_true, labels, n_samples=50)
+    assert (same.to_numpy() == 0).all()
+
+
 def test_evaluate_equals_roc_auc_score():
     y_pred, y_true = make_data(300, [0.3, 0.5, 0.1, 0.2, 0.25, 0.05], seed=2)
     result = ev.evaluate(y_pred, y_true, LABELS)
