@@ -71,6 +71,24 @@ BAD_CSV = (b"image,report\n"
            b"img/i.png,Right lower lobe consolidation.\n")
 
 
+def test_pairs_may_list_dicom_files_read_by_the_dicom_rule(tmp_path):
+    """A MONOCHROME1 12-bit DICOM copy of a PNG (its window maps onto the PNG's grey levels) gives the
+    PNG's h5 row under --dicom_rule window, and its report trains beside it."""
+    from phantom.dicom import Header, Variant, write_dicom
+
+    grey = np.random.default_rng(0).integers(0, 256, (120, 90), dtype=np.uint8)
+    assert cv2.imwrite(str(tmp_path / "a.png"), grey)
+    write_dicom(tmp_path / "a.dcm", grey, Header("10000032", "50414267", "dicom-in-a-csv", seed=0),
+                Variant("MONOCHROME1", 12, "window", False, "explicit_le"))
+    pd.DataFrame({"image": ["a.png", "a.dcm"], "report": ["Small left effusion.", "No effusion."]}).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    assert cli.main(csv_args(tmp_path / "pairs.csv", tmp_path / "out", "--dicom_rule", "window")) == 0
+    h5 = read_h5(tmp_path / "out" / "cxr.h5")
+    assert len(h5) == 2 and h5[0].std() > 0 and np.array_equal(h5[0], h5[1])
+    captions = pd.read_csv(tmp_path / "out" / "impressions.csv")
+    assert captions["filename"].tolist() == ["a.png", "a.dcm"]
+
+
 @pytest.fixture
 def bad_pairs(tmp_path) -> Path:
     """Nine pairs: three good ones, one broken image, five bad reports (LFS, empty, blank, binary, repeated)."""
