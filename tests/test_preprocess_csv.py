@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import clip
+import cxr_data
 import preprocess_train_data as cli
-from conftest import mimic_args, read_h5, run_python
+import run_train
+import train
+from conftest import MICRO, mimic_args, read_h5, run_python
 from zero_shot import make_true_labels
 
 
@@ -122,6 +126,14 @@ def test_bad_reports_are_listed_with_reasons_and_the_good_pairs_kept_aligned(bad
     assert summary["dropped"] == {"empty": 2, "git-lfs pointer": 1, "binary": 1, "one repeated token": 1,
                                   "image failed to decode": 1}
     assert summary["caption_tokens"]["share_truncated"] == 0.0
+    # the rest trains: the tokens the loop reads are exactly the 3 good captions', and the loss is finite
+    tokens = cxr_data.caption_tokens(out / "impressions.csv")
+    assert np.array_equal(tokens, clip.tokenize(captions["impression"].tolist(), 77, truncate=True).numpy())
+    train.train(run_train.parse_args(["--cxr_filepath", str(out / "cxr.h5"), "--txt_filepath",
+                                      str(out / "impressions.csv"), "--save_dir", str(tmp_path / "runs"),
+                                      "--batch_size", "3", "--max_steps", "2", "--log_interval", "1", *MICRO]))
+    losses = pd.read_csv(tmp_path / "runs" / "pt-imp" / "metrics.csv")["loss"]
+    assert len(losses) == 2 and np.isfinite(losses).all()
 
 
 def test_bad_reports_stop_exits_non_zero_with_one_line_naming_count_and_file(bad_pairs, tmp_path):
