@@ -1,10 +1,11 @@
 """The whole CheXzero pipeline on the phantom dataset: the commands a user would type, in order.
 
-Phantom data -> preprocessing -> training -> zero-shot AUROC (with calibrated probabilities) on the
-CheXpert-format test set, where-maps scored against the regions the phantom painted, zero-shot AUROC
+Phantom data -> preprocessing (the MIMIC layout, and the same pairs from a CSV as your own data would
+be) -> training -> zero-shot AUROC (with calibrated probabilities) on the CheXpert-format test set and
+a linear probe beside it, where-maps scored against the regions the phantom painted, zero-shot AUROC
 on PadChest -> predict.py on a few DICOM and JPG files, ending with each image's top findings.
 
-    python demo.py                 # full demo (3,500 phantom studies), 8-10 minutes on 2 cores
+    python demo.py                 # full demo (3,500 phantom studies), 6-10 minutes on 2 cores
     python demo.py --scale smoke   # the same sequence on a tiny set, for CI (< 2 minutes)
     python demo.py --force         # rebuild everything instead of reusing earlier outputs
 
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 from errors import ArgumentParser, UserError, run_cli
-from labels import SENTENCE_PAIR_TEMPLATE
+from labels import CHEXPERT_EVAL_ORDER, COMPETITION_LABELS, SENTENCE_PAIR_TEMPLATE
+from phantom.writers import MIMIC_JPG, MIMIC_REPORTS
 
 ROOT = Path(__file__).resolve().parent
 # Prompts for validation and test: ("{}.", "no {}.") rather than the original's ("{}", "no {}"). The
@@ -61,6 +63,12 @@ VALID_REGIONS = "chexpert/CheXpert-v1.0-small/gt_segmentations_valid.json"
 # Occlusion in 25 non-overlapping 64-px squares instead of maps.py's 81 overlapping ones: 3 times
 # faster (the default took 4.5 minutes for the 338 evaluated test images on 2 cores), coarser maps.
 TOP_K = 3
+# Your own data (issue 17): the MIMIC phantom's images listed in a CSV with their whole reports and labels,
+# as a user with their own collection would write it. The csv route must make the MIMIC route's h5 and
+# captions; the linear probe trains on its frontal images with their study's labels (uncertain = drawn
+# by the phantom, so 1) and chooses C on the validation set.
+PAIRS_CSV = "pairs.csv"
+PROBE_CSV = "probe_train.csv"
 
 
 def run(stage: str, cmd: list[str], outputs: list[Path], force: bool, timings: dict[str, float]) -> None:
@@ -111,8 +119,20 @@ def main(argv: list[str] | None = None) -> int:
          "--cxr_out_path", str(data / "cxr.h5"), "--csv_out_path", str(data / "cxr_paths.csv"),
          "--mimic_impressions_path", str(data / "mimic_impressions.csv")],
         [A(data / "cxr.h5"), A(data / "mimic_impressions.csv")], args.force, timings)
-    for stage, split, source in (("3. preprocess the CheXpert-format test set", "test", "chexpert-test"),
-                                 ("4. preprocess the CheXpert-format validation set", "valid", "chexpert")):
+    pairs = data / PAIRS_CSV
+    if args.force or not (ROOT / pairs).exists():
+        write_pairs_csv(phantom, pairs)
+    run("3. the same pairs from a CSV of image paths and whole reports (--dataset_type csv, your own data)",
+        [py, "preprocess_train_data.py", "--dataset_type", "csv", "--csv", str(pairs),
+         "--path_column", "image", "--text_column", "report", "--image_root", str(phantom / MIMIC_JPG),
+         "--impression_rule", "chexzero", "--cxr_out_path", str(data / "csv" / "cxr.h5"),
+         "--csv_out_path", str(data / "csv" / "cxr_paths.csv"),
+         "--mimic_impressions_path", str(data / "csv" / "impressions.csv")],
+        [A(data / "csv" / "cxr.h5"), A(data / "csv" / "impressions.csv")], args.force, timings)
+    routes = compare_routes(data, data / "csv")
+    print(f"   {routes}", flush=True)
+    for stage, split, source in (("4. preprocess the CheXpert-format test set", "test", "chexpert-test"),
+                                 ("5. preprocess the CheXpert-format validation set", "valid", "chexpert")):
         run(stage,
             [py, "preprocess_train_data.py", "--dataset_type", f"chexpert-{split}",
              "--chest_x_ray_path", str(phantom / source),
@@ -126,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = ["--resume", "latest"] if resumable else []
     if args.force or not (finished or resume):
         shutil.rmtree(ROOT / run_dir, ignore_errors=True)   # nothing resumable in it: start clean
-    run("5. train a tiny CLIP from the reports (checkpoints selected on validation AUROC)",
+    run("6. train a tiny CLIP from the reports (checkpoints selected on validation AUROC)",
         [py, "run_train.py", "--cxr_filepath", str(data / "cxr.h5"),
          "--txt_filepath", str(data / "mimic_impressions.csv"),
          "--random_init", "--model_config", "tiny-rn", "--optimizer", "adam", "--lr", "3e-4",
@@ -138,14 +158,34 @@ def main(argv: list[str] | None = None) -> int:
          "--val_labels_path", str(data / "chexpert_valid_labels.csv"), "--val_interval", str(s["val_interval"]),
          "--keep_best", str(s["keep_best"]), "--val_pair_template", *PAIR_TEMPLATE, *resume],
         [A(run_dir / "checkpoint.pt")], args.force, timings)
-    run("6. zero-shot evaluation: ensemble of the best checkpoints, thresholds from validation",
+    run("7. zero-shot evaluation: ensemble of the best checkpoints, thresholds from validation",
         [py, "run_zero_shot.py", "--model_paths", str(run_dir / "best_*.pt"),
          "--cxr_filepath", str(data / "chexpert_test.h5"), "--labels_path", str(data / "chexpert_test_labels.csv"),
          "--val_cxr_filepath", str(data / "chexpert_valid.h5"),
          "--val_labels_path", str(data / "chexpert_valid_labels.csv"),
          "--pair_template", *PAIR_TEMPLATE, "--bootstrap", str(s["bootstrap"]), "--out", str(out)],
         [], True, timings)
-    run("7. where-maps against the regions the phantom painted (pointing game and IoU vs prior and random maps)",
+    probe_csv = data / PROBE_CSV
+    if args.force or not (ROOT / probe_csv).exists():
+        write_probe_csv(pairs, probe_csv)
+    run("8. labelled images for the linear probe: the frontal training images with their study's labels "
+        "(--dataset_type csv-labels)",
+        [py, "preprocess_train_data.py", "--dataset_type", "csv-labels", "--csv", str(probe_csv),
+         "--path_column", "image", "--image_root", str(phantom / MIMIC_JPG), "--uncertain", "one",
+         "--cxr_out_path", str(data / "probe_train.h5"), "--labels_out_path", str(data / "probe_train_labels.csv"),
+         "--failed_out_path", str(data / "probe_train_failed.csv")],
+        [A(data / "probe_train.h5"), A(data / "probe_train_labels.csv")], args.force, timings)
+    run("9. linear probe: logistic regression on the frozen image features of the same checkpoints",
+        [py, "linear_probe.py", "--model_paths", str(run_dir / "best_*.pt"),
+         "--train_cxr_filepath", str(data / "probe_train.h5"),
+         "--train_labels_path", str(data / "probe_train_labels.csv"),
+         "--val_cxr_filepath", str(data / "chexpert_valid.h5"),
+         "--val_labels_path", str(data / "chexpert_valid_labels.csv"),
+         "--cxr_filepath", str(data / "chexpert_test.h5"), "--labels_path", str(data / "chexpert_test_labels.csv"),
+         "--labels", *COMPETITION_LABELS, "--bootstrap", str(s["bootstrap"]), "--out", str(out / "linear_probe")],
+        [], True, timings)
+    probe = probe_vs_zero_shot(out, data, s["bootstrap"])
+    run("10. where-maps against the regions the phantom painted (pointing game and IoU vs prior and random maps)",
         [py, "run_localisation.py", "--model_paths", str(run_dir / "best_*.pt"),
          "--cxr_filepath", str(data / "chexpert_test.h5"), "--labels_path", str(data / "chexpert_test_labels.csv"),
          "--segmentations", str(phantom / TEST_REGIONS),
@@ -154,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
          "--occlusion_window", "64", "--occlusion_stride", "64",
          "--pair_template", *PAIR_TEMPLATE, "--bootstrap", str(s["bootstrap"]), "--out", str(out)],
         [], True, timings)
-    run("8. preprocess the PadChest-format set (16-bit PNGs, Physician-labelled frontal rows)",
+    run("11. preprocess the PadChest-format set (16-bit PNGs, Physician-labelled frontal rows)",
         [py, "preprocess_train_data.py", "--dataset_type", "padchest",
          "--chest_x_ray_path", str(phantom / "padchest"),
          "--cxr_out_path", str(data / "padchest.h5"), "--labels_out_path", str(data / "padchest_labels.csv"),
          "--failed_out_path", str(data / "padchest_failed.csv")],
         [A(data / "padchest.h5"), A(data / "padchest_labels.csv")], args.force, timings)
-    run("9. zero-shot evaluation on PadChest: every finding with enough positives",
+    run("12. zero-shot evaluation on PadChest: every finding with enough positives",
         [py, "run_zero_shot.py", "--dataset", "padchest", "--model_paths", str(run_dir / "best_*.pt"),
          "--cxr_filepath", str(data / "padchest.h5"), "--labels_path", str(data / "padchest_labels.csv"),
          "--pair_template", *PAIR_TEMPLATE, "--min_positives", str(s["padchest_min_positives"]),
@@ -171,14 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     images += [str(phantom / jpg.relative_to(ROOT / phantom)) for jpg in jpgs]
     # --dicom_rule window: the phantom DICOMs are made to show the phantom under their own display
     # window (the standard viewing rule); the MIMIC rule suits real MIMIC-CXR DICOMs.
-    run("10. predict.py: score your own images (DICOM and JPG) with the same checkpoints",
+    run("13. predict.py: score your own images (DICOM and JPG) with the same checkpoints",
         [py, "predict.py", "--model_paths", str(run_dir / "best_*.pt"), "--pair_template", *PAIR_TEMPLATE,
          "--dicom_rule", "window", "--images", *images, "--out", str(out / "predictions.csv")],
         [], True, timings)
     top = top_findings(out / "predictions.csv", phantom)
-    write_summary(out, run_dir, data, phantom, timings, args, top)
+    write_summary(out, run_dir, data, phantom, timings, args, top, routes, probe)
     padchest = json.loads((ROOT / out / "padchest" / "padchest_summary.json").read_text())
     print("\n" + (ROOT / out / "auroc.md").read_text(), flush=True)
+    print(f"Linear probe beside zero-shot (same checkpoints, same test images):\n\n{probe}", flush=True)
     print("Where-maps vs the painted regions:\n\n" + (ROOT / out / "localisation.md").read_text(), flush=True)
     print(f"PadChest: {padchest['headline']}\n\n" + (ROOT / out / "padchest" / "auroc.md").read_text(), flush=True)
     print(f"predict.py, top {TOP_K} findings per image:\n\n{top}", flush=True)
@@ -201,8 +242,107 @@ def top_findings(predictions: Path, phantom: Path, k: int = TOP_K) -> str:
     return "\n".join(rows) + "\n"
 
 
+def write_pairs_csv(phantom: Path, pairs: Path) -> None:
+    """The phantom's MIMIC images as a user would list their own collection: one row per image with its
+    path under the MIMIC-CXR-JPG root, its view, the study's whole report and the study's 14 CheXpert
+    labels (blank where the study has no label row)."""
+    import pandas as pd
+
+    jpg_root, reports = ROOT / phantom / MIMIC_JPG, ROOT / phantom / MIMIC_REPORTS / "files"
+    views = pd.read_csv(jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz", index_col="dicom_id")["ViewPosition"]
+    labels = pd.read_csv(jpg_root / "mimic-cxr-2.0.0-chexpert.csv.gz").set_index("study_id").drop(columns="subject_id")
+    rows = []
+    for jpg in sorted((jpg_root / "files").rglob("*.jpg")):
+        study = jpg.parent   # files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg; the report is sXXXXXXXX.txt
+        report = (reports / study.relative_to(jpg_root / "files")).with_suffix(".txt").read_text()
+        rows.append({"image": jpg.relative_to(jpg_root).as_posix(), "view": views.get(jpg.stem), "report": report,
+                     "study_id": int(study.name[1:])})
+    table = pd.DataFrame(rows).join(labels, on="study_id")
+    (ROOT / pairs).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(ROOT / pairs, index=False)
+    print(f"\n== wrote {pairs}: {len(table)} images with their reports and labels", flush=True)
+
+
+def compare_routes(mimic: Path, csv: Path, chunk: int = 512) -> str:
+    """Check that the csv route's h5 rows and captions equal the MIMIC route's for the same images, and
+    say so in one line. The MIMIC route keeps reports without an impression as blank captions (as the
+    original); the csv route's report check leaves them out, listed in failed_reports.csv."""
+    import h5py
+    import pandas as pd
+
+    mimic_paths = pd.read_csv(ROOT / mimic / "cxr_paths.csv")["Path"].tolist()
+    csv_paths = pd.read_csv(ROOT / csv / "cxr_paths.csv")["Path"].tolist()
+    row = {path: i for i, path in enumerate(mimic_paths)}
+    missing = [path for path in csv_paths if path not in row]
+    if missing:
+        raise RuntimeError(f"{csv}/cxr_paths.csv: {len(missing)} images the MIMIC route did not write, "
+                           f"e.g. {missing[0]}")
+    rows = [row[path] for path in csv_paths]
+    mimic_captions = pd.read_csv(ROOT / mimic / "mimic_impressions.csv", keep_default_na=False)["impression"]
+    csv_captions = pd.read_csv(ROOT / csv / "impressions.csv", keep_default_na=False)["impression"]
+    differ = [p for p, a, b in zip(csv_paths, mimic_captions.iloc[rows], csv_captions) if a != b]
+    with h5py.File(ROOT / mimic / "cxr.h5", "r") as a, h5py.File(ROOT / csv / "cxr.h5", "r") as b:
+        for start in range(0, len(rows), chunk):
+            index = rows[start:start + chunk]
+            order = sorted(range(len(index)), key=index.__getitem__)
+            same = a["cxr"][sorted(index)] == b["cxr"][start:start + chunk][order]
+            differ += [csv_paths[start + order[k]] for k in range(len(order)) if not same[k].all()]
+    if differ:
+        raise RuntimeError(f"the csv route differs from the MIMIC route on {len(differ)} images, e.g. {differ[0]}")
+    left = sorted(set(range(len(mimic_paths))) - set(rows))
+    captioned = [mimic_paths[i] for i in left if mimic_captions.iloc[i].strip()]
+    if captioned:
+        raise RuntimeError(f"the csv route left out {len(captioned)} images that have a caption, e.g. {captioned[0]}")
+    failed = len(pd.read_csv(ROOT / mimic / "failed_images.csv"))
+    return (f"csv route = MIMIC route: {len(rows)} of the MIMIC route's {len(mimic_paths)} images with identical "
+            f"pixels and captions; the other {len(left)} have an empty impression, which the MIMIC route keeps as "
+            f"a blank caption and the csv route's report check leaves out ({csv}/failed_reports.csv); both leave "
+            f"out the {failed} images that fail to decode")
+
+
+def write_probe_csv(pairs: Path, probe_csv: Path) -> None:
+    """The frontal images of the studies with a label row, with the 5 competition labels: the probe's
+    labelled training set (images the CLIP model was trained on without their labels)."""
+    import pandas as pd
+
+    table = pd.read_csv(ROOT / pairs)
+    labelled = table[table["view"].isin(["AP", "PA"]) & table[CHEXPERT_EVAL_ORDER].notna().any(axis=1)]
+    labelled[["image", *COMPETITION_LABELS]].to_csv(ROOT / probe_csv, index=False)
+
+
+def probe_vs_zero_shot(out: Path, data: Path, n_bootstrap: int) -> str:
+    """The linear probe's test AUROC beside zero-shot's for the same checkpoints and images, with the
+    paired bootstrap difference; written to ``<out>/linear_probe.md`` and returned."""
+    import pandas as pd
+
+    import eval as ev
+
+    zero_shot = pd.read_csv(ROOT / out / "auroc.csv", index_col=0)
+    probe = pd.read_csv(ROOT / out / "linear_probe" / "linear_probe_auroc.csv", index_col=0)
+    labels = [label for label in COMPETITION_LABELS if label in probe.index]   # a one-class label has no probe
+    truth = pd.read_csv(ROOT / data / "chexpert_test_labels.csv")[labels].to_numpy()
+    zs_preds = pd.read_csv(ROOT / out / "chexpert_preds.csv")[labels].to_numpy()
+    probe_preds = pd.read_csv(ROOT / out / "linear_probe" / "linear_probe_preds.csv")[labels].to_numpy()
+    replicates, diff = ev.bootstrap_difference(zs_preds, probe_preds, truth, labels, n_bootstrap)
+    cell = lambda t, k: f"{t.loc[k, 'mean']:.4f} [{t.loc[k, 'lower']:.4f}, {t.loc[k, 'upper']:.4f}]"  # noqa: E731
+    lines = ["| Label | Positives | zero-shot AUROC [95% CI] | linear probe AUROC [95% CI] | "
+             "probe - zero-shot [95% CI, paired] |", "|---|---:|---|---|---|"]
+    for i, label in enumerate(labels):
+        d = diff[f"{label}_auc"]
+        lines.append(f"| {label} | {int(truth[:, i].sum())} | {cell(zero_shot, label)} | {cell(probe, label)} | "
+                     f"{d['full']:+.4f} [{d['lower']:+.4f}, {d['upper']:+.4f}] |")
+    mean = "Mean (5 competition)"
+    if labels == COMPETITION_LABELS:
+        d = ev.compute_cis(replicates.mean(axis=1, skipna=False).to_frame("mean"))["mean"]
+        lines.append(f"| {mean} | | {cell(zero_shot, mean)} | {cell(probe, mean)} | "
+                     f"{diff.loc['full'].mean():+.4f} [{d['lower']:+.4f}, {d['upper']:+.4f}] |")
+    table = "\n".join(lines) + "\n"
+    (ROOT / out / "linear_probe.md").write_text(table)
+    return table
+
+
 def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: dict[str, float],
-                  args: argparse.Namespace, top: str) -> None:
+                  args: argparse.Namespace, top: str, routes: str, probe: str) -> None:
     """results/<name>/README.md: what ran, how long each stage took, sizes, and the caveat."""
     import pandas as pd
 
@@ -213,6 +353,7 @@ def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: 
                                             ("cxr.h5", "chexpert_test.h5", "chexpert_valid.h5", "padchest.h5"))
     padchest = json.loads((ROOT / out / "padchest" / "padchest_summary.json").read_text())
     best = sorted(p.name for p in (ROOT / run_dir).glob("best_*.pt"))
+    n_probe = len(pd.read_csv(ROOT / data / "probe_train_labels.csv"))
     metrics = pd.read_csv(ROOT / run_dir / "metrics.csv")
     lines = [
         f"# CheXzero demo on phantom data ({args.scale})", "",
@@ -244,6 +385,15 @@ def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: 
         "`chexpert_preds_calibrated.csv`, all figures in `calibration.csv`). AUROC is unchanged by "
         "construction.", "",
         "![reliability](calibration.png)", "",
+        "## Your own data: pairs from a CSV, and a linear probe", "",
+        f"The demo lists the MIMIC phantom's images in `{data / PAIRS_CSV}` (image path, view, whole report, the "
+        "study's labels) and runs `preprocess_train_data.py --dataset_type csv --impression_rule chexzero` on it. "
+        f"{routes}.", "",
+        f"`linear_probe.py`: per-label logistic regression on the frozen image features of the same checkpoints, "
+        f"trained on {n_probe} labelled frontal training images (`{data / PROBE_CSV}` through "
+        "`--dataset_type csv-labels`), C chosen on the validation set, scored on the test set. The last column is "
+        "the paired bootstrap difference (`linear_probe.md`, all outputs in `linear_probe/`).", "",
+        probe, "",
         "## Where-maps against the regions the phantom painted", "",
         "Pointing game (is the map's maximum inside the region) and IoU of the map's region (min-max "
         "normalised map >= 0.5), on the positive test images that have a region; `prior` is one map for "

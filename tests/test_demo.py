@@ -39,8 +39,17 @@ def test_smoke_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path) -> None:
     impressions = pd.read_csv(tmp_path / "data" / "smoke" / "mimic_impressions.csv")
     failed = pd.read_csv(tmp_path / "data" / "smoke" / "failed_images.csv")
     assert len(failed) >= 2 and len(impressions) > 100
+    csv_failed = pd.read_csv(tmp_path / "data" / "smoke" / "csv" / "failed_images.csv")
+    assert sorted(csv_failed["Path"]) == sorted(failed["Path"])     # the csv route drops the same images
     best = sorted((tmp_path / "checkpoints" / "smoke").glob("best_*.pt"))
     assert 1 <= len(best) <= 2
+    # your own data: the csv route made the MIMIC route's rows; the linear probe's table beside zero-shot
+    assert "csv route = MIMIC route: " in first and "csv route = MIMIC route: " in summary
+    probe = (out / "linear_probe.md").read_text()
+    assert probe.startswith("| Label | Positives | zero-shot AUROC [95% CI] | linear probe AUROC [95% CI] |")
+    assert probe in first and probe in summary
+    n_test = len(pd.read_csv(out / "chexpert_preds.csv"))
+    assert len(pd.read_csv(out / "linear_probe" / "linear_probe_preds.csv")) == n_test
     # PadChest: an AUROC table over the findings with enough positives, and the headline summary
     padchest = json.loads((out / "padchest" / "padchest_summary.json").read_text())
     assert padchest["n_findings"] >= 1 and padchest["headline"] in summary and padchest["headline"] in first
@@ -61,5 +70,5 @@ def test_smoke_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path) -> None:
     assert "| image | top 3 findings (probability) |" in summary
 
     second = run_demo(tmp_path)
-    assert second.count("reusing") == 6                               # only evaluation and prediction run again
+    assert second.count("reusing") == 8                               # only evaluation and prediction run again
     assert pd.read_csv(out / "auroc.csv").equals(auroc)               # seeded: same numbers
