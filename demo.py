@@ -270,6 +270,8 @@ def compare_routes(mimic: Path, csv: Path, chunk: int = 512) -> str:
     import h5py
     import pandas as pd
 
+    from cxr_data import H5_KEY
+
     mimic_paths = pd.read_csv(ROOT / mimic / "cxr_paths.csv")["Path"].tolist()
     csv_paths = pd.read_csv(ROOT / csv / "cxr_paths.csv")["Path"].tolist()
     row = {path: i for i, path in enumerate(mimic_paths)}
@@ -285,7 +287,7 @@ def compare_routes(mimic: Path, csv: Path, chunk: int = 512) -> str:
         for start in range(0, len(rows), chunk):
             index = rows[start:start + chunk]
             order = sorted(range(len(index)), key=index.__getitem__)
-            same = a["cxr"][sorted(index)] == b["cxr"][start:start + chunk][order]
+            same = a[H5_KEY][sorted(index)] == b[H5_KEY][start:start + chunk][order]
             differ += [csv_paths[start + order[k]] for k in range(len(order)) if not same[k].all()]
     if differ:
         raise RuntimeError(f"the csv route differs from the MIMIC route on {len(differ)} images, e.g. {differ[0]}")
