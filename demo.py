@@ -210,33 +210,42 @@ def main(argv: list[str] | None = None) -> int:
     images = [str(phantom / name) for name in PREDICT_DICOMS]
     images += [str(phantom / jpg.relative_to(ROOT / phantom)) for jpg in jpgs]
     # --dicom_rule window: the phantom DICOMs are made to show the phantom under their own display
-    # window (the standard viewing rule); the MIMIC rule suits real MIMIC-CXR DICOMs.
+    # window (the standard viewing rule); the MIMIC rule suits real MIMIC-CXR DICOMs. --calibration: the
+    # map stage 7 fitted on validation, so that the probabilities shown mean something.
     run("13. predict.py: score your own images (DICOM and JPG) with the same checkpoints",
         [py, "predict.py", "--model_paths", str(run_dir / "best_*.pt"), "--pair_template", *PAIR_TEMPLATE,
-         "--dicom_rule", "window", "--images", *images, "--out", str(out / "predictions.csv")],
+         "--dicom_rule", "window", "--calibration", str(out / "calibration.json"), "--images", *images,
+         "--out", str(out / "predictions.csv")],
         [], True, timings)
-    top = top_findings(out / "predictions.csv", phantom)
+    top = top_findings(out / "predictions.csv", out / "calibration.json", phantom)
     write_summary(out, run_dir, data, phantom, timings, args, top, routes, probe)
     padchest = json.loads((ROOT / out / "padchest" / "padchest_summary.json").read_text())
     print("\n" + (ROOT / out / "auroc.md").read_text(), flush=True)
     print(f"Linear probe beside zero-shot (same checkpoints, same test images):\n\n{probe}", flush=True)
     print("Where-maps vs the painted regions:\n\n" + (ROOT / out / "localisation.md").read_text(), flush=True)
     print(f"PadChest: {padchest['headline']}\n\n" + (ROOT / out / "padchest" / "auroc.md").read_text(), flush=True)
-    print(f"predict.py, top {TOP_K} findings per image:\n\n{top}", flush=True)
+    print(f"predict.py, top {TOP_K} findings per image by calibrated probability:\n\n{top}", flush=True)
     return 0
 
 
-def top_findings(predictions: Path, phantom: Path, k: int = TOP_K) -> str:
-    """A markdown table of each scored image's k most probable findings, and the images that failed."""
+def top_findings(predictions: Path, calibration: Path, phantom: Path, k: int = TOP_K) -> str:
+    """A markdown table of each scored image's k most probable findings by calibrated probability, the
+    labels left out of that ranking (those the validation set could not calibrate), and the images that
+    failed."""
     import pandas as pd
 
     table = pd.read_csv(ROOT / predictions)
     failed = pd.read_csv((ROOT / predictions).with_suffix(".failed.csv"))
+    fitted = json.loads((ROOT / calibration).read_text())["labels"]
+    ranked = [label for label, fit in fitted.items() if fit["calibrated"]]
     short = lambda path: path.removeprefix(f"{phantom}/")  # noqa: E731  (path under the phantom root)
-    rows = [f"| image | top {k} findings (probability) |", "|---|---|"]
+    rows = [f"| image | top {k} findings (calibrated probability; raw zero-shot probability) |", "|---|---|"]
     for _, row in table.iterrows():
-        best = row.drop("path").astype(float).nlargest(k)
-        rows.append(f"| {short(row['path'])} | " + ", ".join(f"{label} {p:.3f}" for label, p in best.items()) + " |")
+        best = row[ranked].astype(float).nlargest(k)
+        rows.append(f"| {short(row['path'])} | " + ", ".join(f"{label} {p:.3f} ({row[label + '_raw']:.3f})"
+                                                           for label, p in best.items()) + " |")
+    rows += ["", "Not ranked, their probabilities left raw: "
+             + "; ".join(f"{label} ({fit['reason']})" for label, fit in fitted.items() if not fit["calibrated"])]
     rows += ["", f"Not scored ({len(failed)}, listed in `{predictions.with_suffix('.failed.csv').name}`):", ""]
     rows += [f"- {short(path)}: {reason}" for path, reason in zip(failed["path"], failed["reason"])]
     return "\n".join(rows) + "\n"
@@ -407,8 +416,10 @@ def write_summary(out: Path, run_dir: Path, data: Path, phantom: Path, timings: 
         f"{padchest['headline']} (`padchest/padchest_summary.json`).", "",
         (ROOT / out / "padchest" / "auroc.md").read_text(), "",
         "## predict.py on DICOM and JPG files", "",
-        "`predict.py --dicom_rule window` on phantom DICOMs and CheXpert-format test JPGs "
-        "(probabilities in `predictions.csv`):", "",
+        "`predict.py --dicom_rule window --calibration calibration.json` on phantom DICOMs and CheXpert-format "
+        "test JPGs (probabilities in `predictions.csv`, the raw ones as `<label>_raw`). The raw zero-shot "
+        "probabilities all sit near 0.5; the calibrated ones, mapped on the validation set, can be read as "
+        "probabilities and ranked across labels:", "",
         top, "",
         "## Commands", "", "Rerun with `make demo` (or `python demo.py`); `--force` rebuilds every stage.",
     ]

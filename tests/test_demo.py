@@ -11,6 +11,11 @@ from demo import PREDICT_DICOMS, PREDICT_JPGS
 from labels import CHEXPERT_EVAL_ORDER, COMPETITION_LABELS
 
 
+def cell_labels(cell: str) -> list[str]:
+    """The labels of a top-findings cell, "Edema 0.412 (0.531), Atelectasis 0.2 (0.5)"."""
+    return [item.rsplit(" ", 2)[0] for item in cell.rstrip(" |").split(", ")]
+
+
 def run_demo(workdir: Path) -> str:
     done = run_python("demo.py", "--scale", "smoke", "--workdir", str(workdir), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -58,16 +63,22 @@ def test_smoke_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path) -> None:
     assert padchest_table in first and padchest_table in summary
     # predict.py: a row per readable image (the DICOM without pixel data is in the failed list)
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["path", *CHEXPERT_EVAL_ORDER]
+    # calibrated with the validation map of the zero-shot stage, the raw probabilities kept beside them
+    assert list(predictions.columns) == ["path", *CHEXPERT_EVAL_ORDER, *[f"{x}_raw" for x in CHEXPERT_EVAL_ORDER]]
+    fitted = json.loads((out / "calibration.json").read_text())["labels"]
+    changed = [x for x in CHEXPERT_EVAL_ORDER if (predictions[x] - predictions[f"{x}_raw"]).abs().max() > 1e-6]
+    assert changed == [x for x in CHEXPERT_EVAL_ORDER if fitted[x]["calibrated"]] and changed
     assert len(predictions) == len(PREDICT_DICOMS) - 1 + PREDICT_JPGS
     assert predictions["path"].str.endswith(".dcm").sum() == len(PREDICT_DICOMS) - 1
     assert predictions[CHEXPERT_EVAL_ORDER].apply(lambda p: p.between(0, 1)).all().all()
     failed = pd.read_csv(out / "predictions.failed.csv")
     assert list(failed["path"].str.rsplit("/", n=1).str[-1]) == ["no_pixel_data.dcm"]
     top = first[first.index("top 3 findings per image"):]                 # the table is printed last
+    ranked = [line.split(" | ")[1] for line in top.splitlines() if line.startswith("| ") and ".dcm | " in line]
+    assert ranked and all(label in changed for cell in ranked for label in cell_labels(cell))
     assert top.count(".dcm | ") == len(PREDICT_DICOMS) - 1 and top.count(".jpg | ") == PREDICT_JPGS
     assert "no_pixel_data.dcm: DICOM without Pixel Data" in top
-    assert "| image | top 3 findings (probability) |" in summary
+    assert "| image | top 3 findings (calibrated probability; raw zero-shot probability) |" in summary
 
     second = run_demo(tmp_path)
     assert second.count("reusing") == 8                               # only evaluation and prediction run again
