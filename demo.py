@@ -234,9 +234,11 @@ def top_findings(predictions: Path, calibration: Path, phantom: Path, k: int = T
     failed."""
     import pandas as pd
 
+    from calibration import read_calibration
+
     table = pd.read_csv(ROOT / predictions)
     failed = pd.read_csv((ROOT / predictions).with_suffix(".failed.csv"))
-    fitted = json.loads((ROOT / calibration).read_text())["labels"]
+    fitted = read_calibration(ROOT / calibration)["labels"]
     ranked = [label for label, fit in fitted.items() if fit["calibrated"]]
     short = lambda path: path.removeprefix(f"{phantom}/")  # noqa: E731  (path under the phantom root)
     rows = [f"| image | top {k} findings (calibrated probability; raw zero-shot probability) |", "|---|---|"]
@@ -257,15 +259,17 @@ def write_pairs_csv(phantom: Path, pairs: Path) -> None:
     labels (blank where the study has no label row)."""
     import pandas as pd
 
+    from data_process import find_files
+    from reports import read_report, report_path
+
     jpg_root, reports = ROOT / phantom / MIMIC_JPG, ROOT / phantom / MIMIC_REPORTS / "files"
     views = pd.read_csv(jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz", index_col="dicom_id")["ViewPosition"]
     labels = pd.read_csv(jpg_root / "mimic-cxr-2.0.0-chexpert.csv.gz").set_index("study_id").drop(columns="subject_id")
     rows = []
-    for jpg in sorted((jpg_root / "files").rglob("*.jpg")):
-        study = jpg.parent   # files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg; the report is sXXXXXXXX.txt
-        report = (reports / study.relative_to(jpg_root / "files")).with_suffix(".txt").read_text()
-        rows.append({"image": jpg.relative_to(jpg_root).as_posix(), "view": views.get(jpg.stem), "report": report,
-                     "study_id": int(study.name[1:])})
+    for path in find_files(str(jpg_root / "files"), ".jpg")[0]:   # the MIMIC route's images, in its order
+        jpg = Path(path)
+        rows.append({"image": jpg.relative_to(jpg_root).as_posix(), "view": views.get(jpg.stem),
+                     "report": read_report(report_path(path, str(reports))), "study_id": int(jpg.parent.name[1:])})
     table = pd.DataFrame(rows).join(labels, on="study_id")
     (ROOT / pairs).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(ROOT / pairs, index=False)
