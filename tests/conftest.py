@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_python(*args: str, cwd: Path | str = ROOT, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """``python *args`` in a child interpreter (this one's), output captured as text, ended after ``timeout``."""
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node nproc <repo>/script *args`` on one node (gloo on the CPU, one thread
+    a rank, a free loopback port), output captured as text."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(ROOT / script), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
 def env_with_path(*folders: Path | str) -> dict[str, str]:

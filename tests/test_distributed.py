@@ -1,9 +1,6 @@
 """Exactness of the scaled-up training paths on the CPU: 2-process torchrun (gloo) with
 per-rank batch B equals 1 process with batch 2B; --accum_freq 2 equals a batch twice as large;
 bf16 autocast stays within 1e-2 of fp32."""
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,13 +9,7 @@ import torch
 
 import run_train
 import train
-from conftest import MICRO, ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import MICRO, torchrun
 
 
 def argv(files, save_dir, batch: int, *extra: str) -> list[str]:
@@ -53,11 +44,7 @@ def single_process(pairs, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("local_loss", [False, True])
 def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(pairs, single_process, tmp_path, local_loss) -> None:
     extra = ["--gather_with_grad"] + (["--local_loss"] if local_loss else [])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(ROOT / "run_train.py"), *argv(pairs, tmp_path, 4, *extra)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = torchrun("run_train.py", *argv(pairs, tmp_path, 4, *extra))
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(single_process, tmp_path)
 

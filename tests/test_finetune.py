@@ -9,7 +9,7 @@ import torch
 import clip
 import run_train
 import train
-from conftest import MICRO, ROOT, SMALL, run_python, save_clip
+from conftest import MICRO, ROOT, SMALL, run_python, save_clip, torchrun
 from model import CLIP, named_config
 from runtime import TrainInputError, setup_runtime
 
@@ -203,11 +203,6 @@ def test_missing_or_foreign_init_checkpoint_is_one_line(pairs, tmp_path) -> None
 def test_two_gloo_ranks_with_a_locked_tower_equal_one_process_and_keep_it_bit_identical(pairs, tmp_path) -> None:
     """DDP registers only the trainable tower: under torchrun the locked image tower stays the loaded
     file's to the bit, and the text tower's steps equal one process with the global batch."""
-    import subprocess
-    import sys
-
-    from test_distributed import free_port
-
     ckpt = micro_checkpoint(tmp_path / "init.pt")
 
     def argv(save_dir: Path, batch: int) -> list[str]:
@@ -216,11 +211,7 @@ def test_two_gloo_ranks_with_a_locked_tower_equal_one_process_and_keep_it_bit_id
                 "--log_interval", "1", "--init_checkpoint", str(ckpt), "--lock_image", "--gather_with_grad", *RUNTIME]
 
     single = run(argv(tmp_path / "one", 8))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(ROOT / "run_train.py"), *argv(tmp_path / "two", 4)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = torchrun("run_train.py", *argv(tmp_path / "two", 4))
     assert done.returncode == 0, done.stderr[-3000:]
     before = torch.load(ckpt, weights_only=True)
     one, two = (torch.load(p, weights_only=True) for p in (single, tmp_path / "two" / "pt-imp" / "checkpoint.pt"))

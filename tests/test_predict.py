@@ -1,8 +1,5 @@
 """predict.py: scoring image files with small random CLIPs, on tiny PNG/JPG files written here."""
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -21,7 +18,7 @@ import errors
 import image_reader
 import predict
 import zero_shot as zs
-from conftest import ROOT, save_clip
+from conftest import save_clip, torchrun
 from cxr_data import DeviceTransform
 
 PAIR = ("{}", "no {}")
@@ -267,12 +264,6 @@ def test_bf16_autocast_stays_within_1e_2_of_fp32(tmp_path, models) -> None:
     assert not np.array_equal(bf16, fp32)   # autocast really ran in bf16
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_write_the_same_files_as_one_process(tmp_path, models) -> None:
     paths = write_images(tmp_path / "scans")
     (tmp_path / "scans" / "empty.png").write_bytes(b"")
@@ -280,11 +271,7 @@ def test_two_gloo_ranks_write_the_same_files_as_one_process(tmp_path, models) ->
     argv = ["--images", *images, "--model_paths", *models, "--batch_size", "2", "--num_workers", "0",
             "--device", "cpu"]
     predict.main([*argv, "--out", str(tmp_path / "one.csv")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(ROOT / "predict.py"), *argv, "--out", str(tmp_path / "two.csv")]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = torchrun("predict.py", *argv, "--out", str(tmp_path / "two.csv"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "two.csv").read_text() == (tmp_path / "one.csv").read_text()
     assert (tmp_path / "two.failed.csv").read_text() == (tmp_path / "one.failed.csv").read_text()
